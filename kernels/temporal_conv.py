@@ -1,0 +1,77 @@
+"""Temporal branch of a Side4Video block: BN3d -> PW1 -> depthwise (3,1,1) conv over time -> PW2.
+
+Works on channel-last tokens (B, T, N, C): 1x1x1 and (3,1,1) convolutions never mix spatial
+positions, so the side network never needs to reshape to NCTHW. The module owns standard
+nn.BatchNorm3d / nn.Conv3d submodules (same state dict for every implementation) and runs either
+the PyTorch reference or the fused Triton path (see `kernels.fused_temporal_conv` for the design).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Impl = Literal["auto", "triton", "reference"]
+
+
+def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+    """Plain PyTorch version of the branch on (B, T, N, C) tokens; the kernels are checked against it."""
+    b, t, n, c = x.shape
+    y = x.permute(0, 3, 1, 2).reshape(b, c, t, n, 1)  # NCTHW with W = 1
+    y = pw2(dw(pw1(bn(y))))
+    return y.reshape(b, c, t, n).permute(0, 2, 3, 1)
+
+
+def temporal_conv_fused(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+    """The branch through the Triton kernels, with nn.BatchNorm3d's training/eval semantics.
+
+    Imported lazily: Triton decides between compiled and interpreted kernels when the kernel module
+    is first imported, so TRITON_INTERPRET may be set any time before the first call.
+    """
+    from kernels.fused_temporal_conv import FusedTemporalConv, batch_norm_statistics
+
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as in torch's _BatchNorm
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or bn.running_mean is None
+    mean, rstd = batch_norm_statistics(x, bn.running_mean, bn.running_var, use_batch_stats, momentum, bn.eps)
+    device = x.device.type
+    enabled = torch.is_autocast_enabled(device)
+    compute_dtype = torch.get_autocast_dtype(device) if enabled else x.dtype
+    with torch.autocast(device, enabled=False):
+        return FusedTemporalConv.apply(
+            x, bn.weight, bn.bias, pw1.weight, pw1.bias, dw.weight, dw.bias, pw2.weight, pw2.bias,
+            mean, rstd, use_batch_stats, compute_dtype,
+        )  # fmt: skip
+
+
+class TemporalConvBranch(nn.Module):
+    """BN3d + depthwise-separable temporal convolution (MVFNet style), without the residual.
+
+    impl: "auto" runs the Triton path on CUDA tensors and the reference elsewhere; "triton" forces
+    the kernels (on CPU they need TRITON_INTERPRET=1); "reference" forces plain PyTorch.
+    """
+
+    def __init__(self, dim: int, impl: Impl = "auto") -> None:
+        super().__init__()
+        if impl not in ("auto", "triton", "reference"):
+            raise ValueError(f"impl must be 'auto', 'triton' or 'reference', got {impl!r}")
+        self.impl = impl
+        self.bn = nn.BatchNorm3d(dim)
+        self.pw1 = nn.Conv3d(dim, dim, kernel_size=1)
+        self.dw = nn.Conv3d(dim, dim, kernel_size=(3, 1, 1), padding=(1, 0, 0), groups=dim)
+        self.pw2 = nn.Conv3d(dim, dim, kernel_size=1)
+
+    def uses_triton(self, x: Tensor) -> bool:
+        return self.impl == "triton" or (self.impl == "auto" and x.is_cuda)
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = temporal_conv_fused if self.uses_triton(x) else temporal_conv_reference
+        return branch(x, self.bn, self.pw1, self.dw, self.pw2)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}"

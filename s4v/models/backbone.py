@@ -1,0 +1,151 @@
+"""Frozen image tower: open_clip CLIP ViTs and EVA-CLIP (timm `Eva` inside open_clip), stepped layer by layer.
+
+The side network interleaves with the frozen layers (run layer k, feed side block k, drop layer k),
+so the tower exposes `embed` / `block` / `pool` instead of a monolithic forward; at no point are all
+L layer outputs alive at once. Everything here runs under `torch.no_grad`, not `inference_mode`:
+inference tensors cannot be saved for backward, and the side network's Down projection must save
+its frozen input to compute its weight gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import open_clip
+import torch
+from open_clip.timm_model import TimmModel
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
+
+from s4v.models import registry  # noqa: F401  (registers the tiny towers)
+from s4v.models.attention import check_backend, route_attention, sdpa_context
+from s4v.models.checkpoint import load_clip_weights
+
+
+@dataclass(frozen=True)
+class TowerShape:
+    """What the side network needs to know about the frozen tower."""
+
+    width: int
+    layers: int
+    patch_size: int
+    image_size: int
+    embed_dim: int
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+# short name -> open_clip model name. OpenAI CLIP weights use QuickGELU, hence the -quickgelu configs.
+BACKBONES: dict[str, str] = {
+    "tiny": "s4v-tiny-vit",
+    "tiny-eva": "s4v-tiny-eva",
+    "b32": "ViT-B-32-quickgelu",
+    "b16": "ViT-B-16-quickgelu",
+    "l14": "ViT-L-14-quickgelu",
+    "e14": "EVA02-E-14",
+}
+
+
+def build_clip(
+    backbone: str, checkpoint: str | None = None, device: str | torch.device = "cpu"
+) -> open_clip.model.CLIP | open_clip.model.CustomTextCLIP:
+    """Random-init open_clip model for `backbone`, then weights from a local file if given.
+
+    On the meta device the model is built without allocating memory (for counting and planning).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    with torch.device(device):
+        model = open_clip.create_model(BACKBONES[backbone], pretrained=None, device=device)
+    if checkpoint is not None:
+        load_clip_weights(model, checkpoint)
+    return model
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen visual tower with no trainable parameter and no autograd history."""
+
+    def __init__(self, visual: nn.Module, attn_backend: str = "sdpa", dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not isinstance(visual, VisionTransformer | TimmModel):
+            raise TypeError(f"unsupported visual tower {type(visual).__name__}")
+        self.visual = visual
+        self.is_eva = isinstance(visual, TimmModel)
+        if self.is_eva and getattr(visual.trunk, "rope", None) is not None:
+            raise NotImplementedError("EVA towers with rotary embeddings are not supported (EVA02-E-14 has none)")
+        device = next(visual.parameters()).device
+        if device.type != "meta":
+            check_backend(attn_backend, device)
+        self.attn_backend = attn_backend
+        if not self.is_eva:
+            route_attention(visual, attn_backend)
+        if dtype is not None:
+            visual.to(dtype)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Always eval: the tower's dropout / patch-dropout must never switch on."""
+        return super().train(False)
+
+    @property
+    def shape(self) -> TowerShape:
+        v = self.visual
+        if self.is_eva:
+            t = v.trunk
+            return TowerShape(t.embed_dim, len(t.blocks), t.patch_embed.patch_size[0], t.patch_embed.img_size[0],
+                              v.trunk.num_classes or t.embed_dim)
+        return TowerShape(v.transformer.width, v.transformer.layers, v.patch_size[0], v.image_size[0], v.output_dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.visual.parameters()).dtype
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.trunk.blocks if self.is_eva else self.visual.transformer.resblocks
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> tokens (B, 1 + N, D) entering the first block ([CLS] first)."""
+        images = images.to(self.dtype)
+        if self.is_eva:
+            trunk = self.visual.trunk
+            x, _ = trunk._pos_embed(trunk.patch_embed(images))
+            return trunk.norm_pre(x)
+        return self.visual._embeds(images)
+
+    @torch.no_grad()
+    def block(self, index: int, x: Tensor) -> Tensor:
+        """Run frozen block `index`; its output is Z^index of the paper (after the residual block)."""
+        with sdpa_context(self.attn_backend):
+            return self.blocks[index](x)
+
+    @torch.no_grad()
+    def pool(self, x: Tensor, project: bool = True) -> Tensor:
+        """Final [CLS] embedding from the last block's tokens; equals open_clip `encode_image` if projected."""
+        v = self.visual
+        if self.is_eva:
+            # EVA-CLIP's projection is the timm trunk's head (open_clip config `timm_proj: null`).
+            return v.head(v.trunk.forward_head(v.trunk.norm(x), pre_logits=not project))
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj if project and v.proj is not None else pooled
+
+    @torch.no_grad()
+    def layer_outputs(self, images: Tensor) -> Iterator[Tensor]:
+        """Yield every layer's tokens (B, 1 + N, D) in order; only the current one is kept alive."""
+        x = self.embed(images)
+        for index in range(len(self.blocks)):
+            x = self.block(index, x)
+            yield x
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        """Final projected [CLS] embedding of each image."""
+        x = self.embed(images)
+        for index in range(len(self.blocks)):
+            x = self.block(index, x)
+        return self.pool(x)

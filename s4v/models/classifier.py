@@ -1,0 +1,69 @@
+"""Action-recognition models on a frozen tower: Side4Video with its GAP head, and the frozen-[CLS] probe."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from s4v.models.backbone import FrozenBackbone
+from s4v.models.side import SideNetwork, batchnorm_tokens
+
+
+class RecognitionHead(nn.Module):
+    """BatchNorm3d on the last side output, mean over T, H, W (GAP, eq. 3), dropout, linear classifier."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm3d(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, s: Tensor) -> Tensor:
+        return self.fc(self.dropout(batchnorm_tokens(self.bn, s).mean(dim=(1, 2))))
+
+
+class VideoClassifier(nn.Module):
+    """Shared surface of the recognition models: a frozen tower plus trainable modules."""
+
+    backbone: FrozenBackbone
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+
+class Side4VideoClassifier(VideoClassifier):
+    """Frozen tower + side network + GAP head; gradients never enter the tower."""
+
+    def __init__(self, backbone: FrozenBackbone, side_dim: int, side_layers: int, num_classes: int,
+                 dropout: float = 0.5, temporal_impl: str = "auto") -> None:
+        super().__init__()
+        shape = backbone.shape
+        self.backbone = backbone
+        self.side = SideNetwork(shape.width, shape.layers, shape.patch_size, shape.num_patches,
+                                side_dim, side_layers, temporal_impl)
+        self.head = RecognitionHead(side_dim, num_classes, dropout)
+
+    def forward(self, video: Tensor) -> Tensor:
+        """(B, T, 3, H, W) CLIP-normalised frames -> logits (B, classes)."""
+        s, _ = self.side(video, self.backbone)
+        return self.head(s)
+
+
+class MeanPoolProbe(VideoClassifier):
+    """Linear probe on the frame-averaged frozen [CLS] embedding: order-invariant by construction."""
+
+    def __init__(self, backbone: FrozenBackbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.shape.embed_dim, num_classes)
+
+    def forward(self, video: Tensor) -> Tensor:
+        b, t = video.shape[:2]
+        with torch.no_grad():
+            cls = self.backbone(video.flatten(0, 1)).view(b, t, -1).mean(1)
+        return self.head(cls.to(self.head.weight.dtype))
