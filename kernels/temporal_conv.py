@@ -12,16 +12,25 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 Impl = Literal["auto", "triton", "reference"]
 
 
 def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
-    """Plain PyTorch version of the branch on (B, T, N, C) tokens; the kernels are checked against it."""
+    """Plain PyTorch version of the branch on (B, T, N, C) tokens; the kernels are checked against it.
+
+    BN3d runs on the tokens viewed as (B*T*N, C, 1, 1, 1): the same statistics as on NCTHW, with no
+    strided layout. On the strided NCTHW view of channel-last tokens (a channels_last_3d tensor), torch
+    2.14's CPU BatchNorm backward returns wrong gradients when batch = 1 and the incoming gradient has
+    another memory format (tests/test_kernels.py checks the workaround). 1x1x1 convolutions are linear
+    layers on channel-last tokens.
+    """
     b, t, n, c = x.shape
-    y = x.permute(0, 3, 1, 2).reshape(b, c, t, n, 1)  # NCTHW with W = 1
-    y = pw2(dw(pw1(bn(y))))
-    return y.reshape(b, c, t, n).permute(0, 2, 3, 1)
+    y = bn(x.reshape(b * t * n, c, 1, 1, 1)).view(b, t, n, c)
+    y = F.linear(y, pw1.weight.flatten(1), pw1.bias)
+    y = dw(y.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1).permute(0, 2, 3, 1)  # depthwise over T
+    return F.linear(y, pw2.weight.flatten(1), pw2.bias)
 
 
 def temporal_conv_fused(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
