@@ -55,7 +55,9 @@ class FusedTemporalConv(torch.autograd.Function):
         gamma = bn_weight.float()
         w1 = pw1_weight.reshape(c, c).float()
         h1 = torch.addmm(
-            (pw1_bias.float() + w1 @ bn_bias.float()).to(compute_dtype), xhat, (w1 * gamma).to(compute_dtype).t()
+            (pw1_bias.float() + w1 @ bn_bias.float()).to(compute_dtype),
+            xhat,
+            (w1 * gamma).to(compute_dtype).t(),
         )
         w_dw, b_dw = dw_weight.reshape(c, 3).float().contiguous(), dw_bias.float()
         h2 = ops.dw_forward(h1, w_dw, b_dw, t, n)
@@ -134,7 +136,9 @@ def batch_norm_statistics(
     x2 = x.detach().reshape(-1, c).contiguous()
     rows = x2.shape[0]
     if rows < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+        )
     mean, var = ops.bn_stats(x2)
     if running_mean is not None:
         with torch.no_grad():

@@ -17,7 +17,9 @@ from torch.nn import functional as F
 Impl = Literal["auto", "triton", "reference"]
 
 
-def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+def temporal_conv_reference(
+    x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d
+) -> Tensor:
     """Plain PyTorch version of the branch on (B, T, N, C) tokens; the kernels are checked against it.
 
     BN3d runs on the tokens viewed as (B*T*N, C, 1, 1, 1): the same statistics as on NCTHW, with no
@@ -33,7 +35,9 @@ def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: n
     return F.linear(y, pw2.weight.flatten(1), pw2.bias)
 
 
-def temporal_conv_fused(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+def temporal_conv_fused(
+    x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d
+) -> Tensor:
     """The branch through the Triton kernels, with nn.BatchNorm3d's training/eval semantics.
 
     Imported lazily: Triton decides between compiled and interpreted kernels when the kernel module

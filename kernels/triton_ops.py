@@ -18,11 +18,20 @@ from torch import Tensor
 
 
 @triton.jit
-def _bn_stats_kernel(x_ptr, mean_ptr, m2_ptr, R, C, rows_per_prog, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per-program channel mean and M2 over `rows_per_prog` rows, merged tile by tile (Chan et al.)."""
+def _bn_stats_kernel(
+    x_ptr, mean_ptr, m2_ptr, R, C, rows_per_prog, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """Per-program channel mean and M2 over `rows_per_prog` rows, merged tile by tile (Chan et al.).
+
+    Values are shifted by the program's first row before summing, so fp32 sums stay small and exact
+    even when |mean| >> std (e.g. 1000 +- 0.01).
+    """
     pid_r = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
+    shift = tl.load(x_ptr + (pid_r * rows_per_prog).to(tl.int64) * C + cols, mask=cmask, other=0.0).to(
+        tl.float32
+    )
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
     count = tl.zeros([BLOCK_C], tl.float32)
@@ -32,6 +41,7 @@ def _bn_stats_kernel(x_ptr, mean_ptr, m2_ptr, R, C, rows_per_prog, BLOCK_R: tl.c
         rmask = (rows < R) & (local < rows_per_prog)
         mask = rmask[:, None] & cmask[None, :]
         x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, x - shift[None, :], 0.0)
         n_tile = tl.sum(rmask.to(tl.float32), axis=0)
         tile_mean = tl.sum(x, axis=0) / tl.maximum(n_tile, 1.0)
         centred = tl.where(mask, x - tile_mean[None, :], 0.0)
@@ -41,12 +51,14 @@ def _bn_stats_kernel(x_ptr, mean_ptr, m2_ptr, R, C, rows_per_prog, BLOCK_R: tl.c
         mean += delta * frac
         m2 += tl.sum(centred * centred, axis=0) + delta * delta * count * frac
         count = total
-    tl.store(mean_ptr + pid_r * C + cols, mean, mask=cmask)
+    tl.store(mean_ptr + pid_r * C + cols, mean + shift, mask=cmask)
     tl.store(m2_ptr + pid_r * C + cols, m2, mask=cmask)
 
 
 @triton.jit
-def _bn_normalise_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bn_normalise_kernel(
+    x_ptr, y_ptr, mean_ptr, rstd_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
     """y = (x - mean) * rstd, stored in y's dtype (the affine part is folded into PW1's weights)."""
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -178,7 +190,11 @@ def _tiles(rows: int, channels: int) -> tuple[int, int, int]:
     """
     if _interpreting():
         block_r = min(128, triton.next_power_of_2(rows))
-        return block_r, min(1024, triton.next_power_of_2(channels)), block_r * min(32, triton.cdiv(rows, block_r))
+        return (
+            block_r,
+            min(1024, triton.next_power_of_2(channels)),
+            block_r * min(32, triton.cdiv(rows, block_r)),
+        )
     return 32, 64, 256
 
 
@@ -194,10 +210,12 @@ def bn_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     part_mean = torch.empty(grid[0], channels, device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
     _bn_stats_kernel[grid](x, part_mean, part_m2, rows, channels, per_prog, BLOCK_R=block_r, BLOCK_C=block_c)
-    counts = (rows - torch.arange(grid[0], device=x.device) * per_prog).clamp(max=per_prog).float()[:, None]
+    # Merge the few partials in fp64: (programs x C) values, negligible work.
+    part_mean, part_m2 = part_mean.double(), part_m2.double()
+    counts = (rows - torch.arange(grid[0], device=x.device) * per_prog).clamp(max=per_prog).double()[:, None]
     mean = (part_mean * counts).sum(0) / rows
     m2 = (part_m2 + counts * (part_mean - mean) ** 2).sum(0)
-    return mean, m2 / rows
+    return mean.float(), (m2 / rows).float()
 
 
 def bn_normalise(x: Tensor, mean: Tensor, rstd: Tensor, dtype: torch.dtype) -> Tensor:
