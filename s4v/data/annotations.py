@@ -1,0 +1,152 @@
+"""Annotation formats -> (video path, label) records and class names.
+
+Formats as distributed: SSv2 json (labels.json + train/validation json), SSv1 csv (`id;class name`,
+frames as JPEG folders), Kinetics-400 csv (`label,youtube_id,time_start,time_end,split`), and a
+generic list (`path label` or TSN-style `path num_frames label`). A malformed entry raises
+`AnnotationError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from s4v.data.config import DataConfig
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message starts with `file:line:`."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    path: str
+    label: int
+
+
+def _resolve(root: Path, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    p = Path(name)
+    return p if p.is_absolute() else root / p
+
+
+def _read_classes(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read class file ({e})") from e
+
+
+def load_list(path: Path, root: Path) -> list[VideoRecord]:
+    records = []
+    for lineno, line in enumerate(_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) not in (2, 3) or not all(p.lstrip("-").isdigit() for p in parts[1:]):
+            raise AnnotationError(
+                f"{path}:{lineno}: expected 'path label' or 'path num_frames label': {line!r}"
+            )
+        label = int(parts[-1])
+        if label < 0:
+            raise AnnotationError(f"{path}:{lineno}: negative label {label}")
+        records.append(VideoRecord(str(root / parts[0]), label))
+    return records
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read annotation file ({e})") from e
+
+
+def _lines(path: Path) -> list[str]:
+    return _text(path).splitlines()
+
+
+def load_ssv2(path: Path, root: Path, labels: Path) -> tuple[list[VideoRecord], list[str]]:
+    try:
+        label_map = {k: int(v) for k, v in json.loads(labels.read_text()).items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise AnnotationError(f"{labels}: not an SSv2 labels json ({e})") from e
+    try:
+        entries = json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}:{e.lineno}: invalid json ({e.msg})") from e
+    records = []
+    for i, entry in enumerate(entries):
+        try:
+            template = entry["template"].replace("[", "").replace("]", "")
+            records.append(VideoRecord(str(root / f"{entry['id']}.webm"), label_map[template]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise AnnotationError(f"{path}: entry {i}: missing or unknown field {e} in {entry!r}") from e
+    names = sorted(label_map, key=label_map.__getitem__)
+    return records, names
+
+
+def load_ssv1(path: Path, root: Path, labels: Path) -> tuple[list[VideoRecord], list[str]]:
+    names = _read_classes(labels)
+    index = {n: i for i, n in enumerate(names)}
+    records = []
+    for lineno, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        vid, sep, name = line.partition(";")
+        if not sep or name.strip() not in index:
+            raise AnnotationError(f"{path}:{lineno}: expected 'id;class name' with a class of {labels}")
+        records.append(VideoRecord(str(root / vid.strip()), index[name.strip()]))
+    return records, names
+
+
+def _k400_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or ())
+        if missing:
+            raise AnnotationError(f"{path}:1: missing columns {sorted(missing)}")
+        return [(i, row) for i, row in enumerate(reader, 2)]
+
+
+def load_k400(path: Path, root: Path, names: list[str], ext: str) -> list[VideoRecord]:
+    index = {n: i for i, n in enumerate(names)}
+    records = []
+    for lineno, row in _k400_rows(path):
+        try:
+            stem = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}{ext}"
+            label = index[row["label"]]
+        except (KeyError, ValueError, TypeError) as e:
+            raise AnnotationError(f"{path}:{lineno}: malformed row {row} ({e!r})") from e
+        class_dir = root / row["label"]  # the official downloader's layout, else a flat folder
+        records.append(VideoRecord(str(class_dir / stem if class_dir.is_dir() else root / stem), label))
+    return records
+
+
+def load_split(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[str]]:
+    """Records of `split` ("train" | "val") and the class names of the dataset."""
+    root = Path(cfg.root)
+    ann = _resolve(root, cfg.train_list if split == "train" else cfg.val_list)
+    classes = _resolve(root, cfg.class_file)
+    if cfg.fmt == "ssv2":
+        return load_ssv2(ann, root, classes or root / "something-something-v2-labels.json")
+    if cfg.fmt == "ssv1":
+        return load_ssv1(ann, root, classes or root / "something-something-v1-labels.csv")
+    if cfg.fmt == "k400":
+        if classes is not None:
+            names = _read_classes(classes)
+        else:  # Kinetics has no class file: classes are the sorted labels of the training csv
+            names = sorted({row["label"] for _, row in _k400_rows(_resolve(root, cfg.train_list))})
+        return load_k400(ann, root, names, cfg.video_ext), names
+    records = load_list(ann, root)
+    classes = classes or root / "classes.txt"
+    if classes.exists():
+        names = _read_classes(classes)
+    else:
+        names = [str(i) for i in range(max(r.label for r in records) + 1)] if records else []
+    bad = next((r for r in records if r.label >= len(names)), None)
+    if bad is not None:
+        raise AnnotationError(f"{ann}: label {bad.label} of {bad.path} >= number of classes {len(names)}")
+    return records, names

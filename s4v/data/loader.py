@@ -1,0 +1,289 @@
+"""Epoch iteration: per-rank shards, deterministic order, exact resume, bad-video accounting.
+
+Which videos a batch holds and how each is sampled and augmented is decided here, in the same way for
+both decoders: `pyav` (FFmpeg through PyAV in torch DataLoader worker processes; every codec, CPU) and
+`dali` (DALI's decoder: NVDEC on GPU, libavcodec threads on CPU for VP8/VP9/MJPEG). Each sample draws
+from `np.random.default_rng([seed, epoch, video_index])`, so a batch does not depend on the worker,
+the backend's scheduling or the resume point.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s4v.data.annotations import VideoRecord, load_split
+from s4v.data.config import DataConfig
+from s4v.data.decode import BadVideo, decode_frames, probe, read_bytes
+from s4v.data.sampling import clip_indices
+from s4v.data.transforms import draw_params, test_views, train_transform
+
+log = logging.getLogger("s4v.data")
+
+
+class BadVideoError(RuntimeError):
+    """More bad videos in one epoch than `DataConfig.max_bad_videos`."""
+
+
+@dataclass
+class Prepared:
+    """A video ready to decode: bytes (None for frame folders) and the frames to read."""
+
+    index: int
+    record: VideoRecord
+    data: bytes | None
+    frames: np.ndarray  # all clips' indices, concatenated
+    rng: np.random.Generator  # continues after the temporal draws; feeds the spatial augmentation
+
+
+def prepare(index: int, rec: VideoRecord, cfg: DataConfig, train: bool, seed: int, epoch: int) -> Prepared:
+    """Read + probe + pick frame indices; raises BadVideo."""
+    data = None if Path(rec.path).is_dir() else read_bytes(rec.path)
+    n = probe(rec.path, data)
+    rng = np.random.default_rng([seed, epoch, index])
+    if train:
+        frames = clip_indices(n, cfg.num_frames, cfg.sampling, cfg.dense_stride, rng)
+    else:
+        clips = [
+            clip_indices(n, cfg.num_frames, cfg.sampling, cfg.dense_stride, None, k, cfg.test_clips)
+            for k in range(cfg.test_clips)
+        ]
+        frames = np.concatenate(clips)
+    return Prepared(index, rec, data, frames, rng)
+
+
+def finish(p: Prepared, decoded: torch.Tensor, cfg: DataConfig, train: bool) -> torch.Tensor:
+    """Decoded uint8 (n, H, W, 3) -> train (T, 3, S, S) or test views (V, T, 3, S, S), V = clips x crops."""
+    if train:
+        return train_transform(decoded, draw_params(p.rng, cfg, *decoded.shape[1:3]), cfg)
+    clips = decoded.reshape(cfg.test_clips, cfg.num_frames, *decoded.shape[1:])
+    return torch.cat([test_views(c, cfg) for c in clips])
+
+
+def _collate(videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[str, str]], train: bool):
+    if videos:
+        video = torch.stack(videos)
+        if not train and video.shape[1] == 1:  # a single view keeps the training layout
+            video = video[:, 0]
+    else:
+        video = None
+    return {
+        "video": video,
+        "label": torch.tensor([p.record.label for p in preps], dtype=torch.long),
+        "index": torch.tensor([p.index for p in preps], dtype=torch.long),
+        "bad": bad,
+    }
+
+
+class _PyAVBatches(torch.utils.data.Dataset):
+    """Item b = the whole batch b, decoded and augmented in a worker process."""
+
+    def __init__(self, loader: VideoLoader, batches: list[np.ndarray]):
+        self.cfg, self.records, self.train = loader.cfg, loader.records, loader.train
+        self.seed, self.epoch, self.batches = loader.seed, loader.epoch, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> dict:
+        videos, preps, bad = [], [], []
+        for i in self.batches[b]:
+            rec = self.records[i]
+            try:
+                p = prepare(int(i), rec, self.cfg, self.train, self.seed, self.epoch)
+                frames = torch.from_numpy(decode_frames(rec.path, p.frames, p.data))
+                videos.append(finish(p, frames, self.cfg, self.train))
+                preps.append(p)
+            except Exception as e:  # any per-video failure is a bad video, never a dead run
+                bad.append((rec.path, e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"))
+        for p in preps:
+            p.data = None  # do not ship the encoded bytes back to the main process
+        return _collate(videos, preps, bad, self.train)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one process per core: intra-op threads would oversubscribe
+
+
+class VideoLoader:
+    """Iterable of batches {"video", "label", "index"} for one split on one rank (see module doc)."""
+
+    def __init__(self, cfg: DataConfig, split: str, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be train|val, got {split!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.cfg, self.split, self.train = cfg, split, split == "train"
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.records, self.classes = load_split(cfg, split)
+        self.backend = resolve_backend(cfg, self.records)
+        self.epoch = 0
+        self.bad_videos: list[tuple[str, str]] = []
+        self._dali = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self) -> np.ndarray:
+        """Dataset indices of this rank for the current epoch, in iteration order.
+
+        train: one permutation per (seed, epoch), dealt round-robin, cut to an equal length on every
+        rank (so all ranks run the same number of steps); val: round-robin in file order, nothing
+        dropped, so the ranks together cover the split exactly once.
+        """
+        n = len(self.records)
+        if not self.train:
+            return np.arange(n)[self.rank :: self.world_size]
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        return perm[self.rank :: self.world_size][: n // self.world_size]
+
+    def batches(self) -> list[np.ndarray]:
+        idx, bs = self.shard(), self.cfg.batch_size
+        if self.train:  # drop_last: fixed batch shapes for training
+            return [idx[i : i + bs] for i in range(0, len(idx) - bs + 1, bs)]
+        return [idx[i : i + bs] for i in range(0, len(idx), bs)]
+
+    def __len__(self) -> int:
+        n = len(self.shard())
+        bs = self.cfg.batch_size
+        return n // bs if self.train else -(-n // bs)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[dict]:
+        """Batches start_batch.. of the current epoch, identical to those of a full pass.
+
+        A batch shrinks by its bad videos (each logged with its file and reason); one with none left is
+        skipped. More than `max_bad_videos` in the epoch raises BadVideoError.
+        """
+        self.bad_videos = []
+        batches = self.batches()[start_batch:]
+        source = self._iter_dali(batches) if self.backend == "dali" else self._iter_pyav(batches)
+        device = torch.device(self.cfg.device)
+        for batch in source:
+            self._account(batch.pop("bad"))
+            if batch["video"] is None:
+                continue
+            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if self.bad_videos:
+            log.warning(
+                "epoch %d (%s, rank %d): skipped %d bad video(s): %s",
+                self.epoch,
+                self.split,
+                self.rank,
+                len(self.bad_videos),
+                ", ".join(p for p, _ in self.bad_videos),
+            )
+
+    def _account(self, bad: list[tuple[str, str]]) -> None:
+        for path, reason in bad:
+            log.warning("skipping bad video %s: %s", path, reason)
+        self.bad_videos.extend(bad)
+        if len(self.bad_videos) > self.cfg.max_bad_videos:
+            listing = "\n".join(f"  {p}: {r}" for p, r in self.bad_videos)
+            raise BadVideoError(
+                f"{len(self.bad_videos)} bad videos in epoch {self.epoch} of {self.split}, rank {self.rank} "
+                f"(limit max_bad_videos={self.cfg.max_bad_videos}):\n{listing}"
+            )
+
+    def _iter_pyav(self, batches: list[np.ndarray]) -> Iterator[dict]:
+        workers = self.cfg.num_workers
+        loader = torch.utils.data.DataLoader(
+            _PyAVBatches(self, batches),
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=2 if workers else None,
+            pin_memory=torch.device(self.cfg.device).type == "cuda",
+        )
+        yield from loader
+
+    def _iter_dali(self, batches: list[np.ndarray]) -> Iterator[dict]:
+        """Reading + probing of batch k+1 (threads) overlaps DALI decoding batch k."""
+        from s4v.data.dali import DaliVideoDecoder
+
+        if self._dali is None:
+            self._dali = DaliVideoDecoder(self.cfg.batch_size, max(self.cfg.num_workers, 1), self.cfg.device)
+        with ThreadPoolExecutor(max_workers=max(self.cfg.num_workers, 1)) as pool:
+            futures = [pool.submit(self._prepare_batch, b) for b in batches[:1]]
+            for k in range(len(batches)):
+                preps, bad = futures[k].result()
+                if k + 1 < len(batches):
+                    futures.append(pool.submit(self._prepare_batch, batches[k + 1]))
+                futures[k] = None
+                yield self._decode_dali(preps, bad)
+
+    def _prepare_batch(self, batch: np.ndarray) -> tuple[list[Prepared], list[tuple[str, str]]]:
+        preps, bad = [], []
+        for i in batch:
+            rec = self.records[i]
+            try:
+                preps.append(prepare(int(i), rec, self.cfg, self.train, self.seed, self.epoch))
+            except Exception as e:
+                bad.append((rec.path, e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"))
+        return preps, bad
+
+    def _decode_dali(self, preps: list[Prepared], bad: list[tuple[str, str]]) -> dict:
+        try:
+            decoded = self._dali.decode([p.data for p in preps], [p.frames for p in preps])
+        except Exception as e:  # a video DALI rejects although it probed fine: find it with PyAV
+            log.warning("DALI failed on a batch (%s); decoding it with PyAV", str(e).splitlines()[-1])
+            decoded, kept = [], []
+            for p in preps:
+                try:
+                    decoded.append(torch.from_numpy(decode_frames(p.record.path, p.frames, p.data)))
+                    kept.append(p)
+                except BadVideo as err:
+                    bad.append((err.path, err.reason))
+            preps = kept
+        device = torch.device(self.cfg.device)
+        videos = [finish(p, d.to(device), self.cfg, self.train) for p, d in zip(preps, decoded, strict=True)]
+        return _collate(videos, preps, bad, self.train)
+
+
+def resolve_backend(cfg: DataConfig, records: list[VideoRecord]) -> str:
+    """`auto`: DALI where it can decode (GPU: any codec via NVDEC; CPU: VP8/VP9/MJPEG files), else PyAV."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return "pyav"
+    if not records or Path(records[0].path).is_dir():
+        return "pyav"
+    if torch.device(cfg.device).type == "cuda":
+        return "dali"
+    return "dali" if _codec(records[0].path) in ("vp8", "vp9", "mjpeg") else "pyav"
+
+
+def _codec(path: str) -> str | None:
+    import av
+
+    try:
+        with av.open(path) as c:
+            return c.streams.video[0].codec_context.name
+    except Exception:
+        return None
+
+
+def build_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0):
+    """The data contract's entry point; see `VideoLoader`."""
+    loader = VideoLoader(cfg, split, rank, world_size, seed)
+    if loader.train and len(loader) == 0:
+        raise ValueError(
+            f"{split} split of {cfg.root}: {len(loader.records)} videos over {world_size} rank(s) "
+            f"give no full batch of {cfg.batch_size}"
+        )
+    return loader
