@@ -15,8 +15,13 @@ from s4v.models import PRESETS, create_model
 from s4v.models.classifier import VideoClassifier
 
 # Paper Table 2 / Table 4 GFLOPs per view (Table 2 lists 3 views: 1 crop x 3 clips) at 8 frames.
-PAPER_GFLOPS_PER_VIEW = {"b16-light": 445 / 3, "b16": 528 / 3, "l14-light": 2092 / 3, "l14": 2611 / 3,
-                         "e14-light": 7980.0}
+PAPER_GFLOPS_PER_VIEW = {
+    "b16-light": 445 / 3,
+    "b16": 528 / 3,
+    "l14-light": 2092 / 3,
+    "l14": 2611 / 3,
+    "e14-light": 7980.0,
+}
 
 
 def count_parameters(model: VideoClassifier) -> tuple[int, int]:
@@ -40,9 +45,16 @@ def describe(preset: str, num_classes: int, num_frames: int | None = None) -> di
     frames = num_frames or p.num_frames
     model = create_model(preset, num_classes, device="meta")
     tunable, frozen = count_parameters(model)
-    return {"preset": preset, "backbone": p.backbone, "side_layers": p.side_layers, "side_dim": p.side_dim,
-            "frames": frames, "tunable": tunable, "frozen": frozen,
-            "gflops_per_view": gflops_per_view(model, frames, p.image_size)}
+    return {
+        "preset": preset,
+        "backbone": p.backbone,
+        "side_layers": p.side_layers,
+        "side_dim": p.side_dim,
+        "frames": frames,
+        "tunable": tunable,
+        "frozen": frozen,
+        "gflops_per_view": gflops_per_view(model, frames, p.image_size),
+    }
 
 
 def cli(argv: list[str]) -> int:
@@ -57,7 +69,9 @@ def cli(argv: list[str]) -> int:
         row = describe(name, args.num_classes, args.frames)
         paper_tp = PRESETS[name].paper_tunable_m
         paper_fl = PAPER_GFLOPS_PER_VIEW.get(name)
-        print(f"| {name} | {row['backbone']} | {row['side_layers']} x {row['side_dim']} | {row['tunable'] / 1e6:.2f} "
-              f"| {paper_tp if paper_tp is not None else '-'} | {row['frozen'] / 1e6:.1f} "
-              f"| {row['gflops_per_view']:.1f} | {f'{paper_fl:.0f}' if paper_fl else '-'} |")
+        print(
+            f"| {name} | {row['backbone']} | {row['side_layers']} x {row['side_dim']} | {row['tunable'] / 1e6:.2f} "
+            f"| {paper_tp if paper_tp is not None else '-'} | {row['frozen'] / 1e6:.1f} "
+            f"| {row['gflops_per_view']:.1f} | {f'{paper_fl:.0f}' if paper_fl else '-'} |"
+        )
     return 0

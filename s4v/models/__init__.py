@@ -5,6 +5,15 @@ from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClas
 from s4v.models.presets import MODEL_KINDS, PRESETS, Preset, create_model
 
 __all__ = [
-    "BACKBONES", "FrozenBackbone", "TowerShape", "build_clip", "MeanPoolProbe", "Side4VideoClassifier",
-    "VideoClassifier", "MODEL_KINDS", "PRESETS", "Preset", "create_model",
+    "BACKBONES",
+    "FrozenBackbone",
+    "TowerShape",
+    "build_clip",
+    "MeanPoolProbe",
+    "Side4VideoClassifier",
+    "VideoClassifier",
+    "MODEL_KINDS",
+    "PRESETS",
+    "Preset",
+    "create_model",
 ]

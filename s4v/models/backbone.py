@@ -96,8 +96,13 @@ class FrozenBackbone(nn.Module):
         v = self.visual
         if self.is_eva:
             t = v.trunk
-            return TowerShape(t.embed_dim, len(t.blocks), t.patch_embed.patch_size[0], t.patch_embed.img_size[0],
-                              v.trunk.num_classes or t.embed_dim)
+            return TowerShape(
+                t.embed_dim,
+                len(t.blocks),
+                t.patch_embed.patch_size[0],
+                t.patch_embed.img_size[0],
+                v.trunk.num_classes or t.embed_dim,
+            )
         return TowerShape(v.transformer.width, v.transformer.layers, v.patch_size[0], v.image_size[0], v.output_dim)
 
     @property

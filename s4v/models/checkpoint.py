@@ -1,7 +1,8 @@
 """Loading official CLIP / EVA-CLIP weights from local files, in the formats users actually have.
 
-- OpenAI CLIP `.pt` (TorchScript archive or plain state dict): rebuilt by open_clip's own OpenAI
-  loader, then copied into our model so the architecture is checked against the preset.
+- OpenAI CLIP `.pt` (TorchScript archive or plain state dict): OpenAI's key layout is open_clip's
+  CLIP layout; only its metadata entries are dropped. Tensors are copied as stored (open_clip's
+  OpenAI builder would round fp32 files to fp16).
 - open_clip state dicts (`.pt` / `.bin` / `.pth`, optionally under "state_dict", "module." prefixes).
 - EVA-CLIP files in BAAI's native layout (`visual.blocks.0.attn.q_proj...`): converted by timm's
   EVA checkpoint filter.
@@ -14,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from open_clip.model import build_model_from_openai_state_dict
 from safetensors.torch import load_file
 from timm.models.eva import checkpoint_filter_fn as eva_filter
 from torch import Tensor, nn
@@ -42,8 +42,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _is_openai(state: dict[str, Tensor]) -> bool:
-    return "visual.proj" in state and "text_projection" in state and "visual.class_embedding" in state
+# OpenAI metadata, and the causal text mask that TorchScript archives store: derived, not weights.
+DERIVED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def _is_eva_native(state: dict[str, Tensor]) -> bool:
@@ -53,8 +53,11 @@ def _is_eva_native(state: dict[str, Tensor]) -> bool:
 def _copy_strict(model: nn.Module, state: dict[str, Tensor], source: Path) -> None:
     """Copy tensors into `model`, refusing missing/unexpected keys and shape mismatches with their names."""
     own = model.state_dict()
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if mismatched or missing or unexpected:
@@ -69,12 +72,8 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     """Load a CLIP / EVA-CLIP checkpoint of any supported format into an open_clip model."""
     path = Path(path)
     state = read_state_dict(path)
-    if _is_openai(state):
-        # open_clip's OpenAI loader infers the architecture from the tensors; the strict copy below
-        # then checks that it is the one this preset expects.
-        reference = build_model_from_openai_state_dict(state, quick_gelu=True, cast_dtype=None)
-        state = reference.state_dict()
-    elif _is_eva_native(state):
+    state = {k: v for k, v in state.items() if k not in DERIVED_KEYS}
+    if _is_eva_native(state):
         visual = eva_filter(state, model.visual.trunk)
         state = {f"visual.trunk.{k}": v for k, v in visual.items()} | {
             k: v for k, v in state.items() if not k.startswith("visual.")

@@ -39,13 +39,27 @@ class VideoClassifier(nn.Module):
 class Side4VideoClassifier(VideoClassifier):
     """Frozen tower + side network + GAP head; gradients never enter the tower."""
 
-    def __init__(self, backbone: FrozenBackbone, side_dim: int, side_layers: int, num_classes: int,
-                 dropout: float = 0.5, temporal_impl: str = "auto") -> None:
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        side_dim: int,
+        side_layers: int,
+        num_classes: int,
+        dropout: float = 0.5,
+        temporal_impl: str = "auto",
+    ) -> None:
         super().__init__()
         shape = backbone.shape
         self.backbone = backbone
-        self.side = SideNetwork(shape.width, shape.layers, shape.patch_size, shape.num_patches,
-                                side_dim, side_layers, temporal_impl)
+        self.side = SideNetwork(
+            shape.width,
+            shape.layers,
+            shape.patch_size,
+            shape.num_patches,
+            side_dim,
+            side_layers,
+            temporal_impl,
+        )
         self.head = RecognitionHead(side_dim, num_classes, dropout)
 
     def forward(self, video: Tensor) -> Tensor:

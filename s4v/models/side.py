@@ -85,13 +85,26 @@ class SideBlock(nn.Module):
 class SideNetwork(nn.Module):
     """Stem + l side blocks; `forward` drives the frozen tower so only one frozen layer is alive at a time."""
 
-    def __init__(self, vit_width: int, vit_layers: int, patch_size: int, num_patches: int,
-                 dim: int, layers: int, temporal_impl: str = "auto") -> None:
+    def __init__(
+        self,
+        vit_width: int,
+        vit_layers: int,
+        patch_size: int,
+        num_patches: int,
+        dim: int,
+        layers: int,
+        temporal_impl: str = "auto",
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.read_layers = interval_layers(vit_layers, layers)
-        self.stem = nn.Conv3d(3, dim, kernel_size=(3, patch_size, patch_size), stride=(1, patch_size, patch_size),
-                              padding=(1, 0, 0))
+        self.stem = nn.Conv3d(
+            3,
+            dim,
+            kernel_size=(3, patch_size, patch_size),
+            stride=(1, patch_size, patch_size),
+            padding=(1, 0, 0),
+        )
         self.stem_bn = nn.BatchNorm3d(dim)
         self.pos = nn.Parameter(torch.empty(num_patches, dim))
         self.blocks = nn.ModuleList(SideBlock(dim, vit_width, temporal_impl) for _ in range(layers))
