@@ -2,7 +2,8 @@
 
 from s4v.models.backbone import BACKBONES, FrozenBackbone, TowerShape, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
-from s4v.models.presets import MODEL_KINDS, PRESETS, Preset, create_model
+from s4v.models.presets import MODEL_KINDS, PRESETS, RETRIEVAL_PRESETS, Preset, create_model, create_retrieval_model
+from s4v.models.retrieval import VideoTextRetrieval, symmetric_info_nce
 
 __all__ = [
     "BACKBONES",
@@ -16,4 +17,8 @@ __all__ = [
     "PRESETS",
     "Preset",
     "create_model",
+    "RETRIEVAL_PRESETS",
+    "create_retrieval_model",
+    "VideoTextRetrieval",
+    "symmetric_info_nce",
 ]

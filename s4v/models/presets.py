@@ -8,6 +8,7 @@ import torch
 
 from s4v.models.backbone import BACKBONES, FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
+from s4v.models.retrieval import VideoTextRetrieval
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 MODEL_KINDS = ("side4video", "meanpool")
+
+# Retrieval (s.4.1): d = 320 with 12 / 12 / 24 / 32 layers for B/32, B/16, L/14, E/14; 12 frames.
+RETRIEVAL_PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", 4, 64, image_size=64, patch_size=8),
+    "b32": Preset("b32", 12, 320, patch_size=32, num_frames=12),
+    "b16": Preset("b16", 12, 320, num_frames=12),
+    "l14": Preset("l14", 24, 320, patch_size=14, num_frames=12),
+    "e14": Preset("e14", 32, 320, patch_size=14, num_frames=12),
+}
 
 
 def create_model(
@@ -63,3 +73,26 @@ def create_model(
             return MeanPoolProbe(backbone, num_classes)
         dropout = p.head_dropout if dropout is None else dropout
         return Side4VideoClassifier(backbone, p.side_dim, p.side_layers, num_classes, dropout, temporal_impl)
+
+
+def create_retrieval_model(
+    preset: str,
+    kind: str = "side4video",
+    matching: str = "token",
+    checkpoint: str | None = None,
+    attn_backend: str = "sdpa",
+    device: str | torch.device = "cpu",
+    frozen_dtype: torch.dtype | None = None,
+    temporal_impl: str = "auto",
+) -> VideoTextRetrieval:
+    """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower."""
+    if preset not in RETRIEVAL_PRESETS:
+        raise ValueError(f"unknown retrieval preset {preset!r}; choose one of {sorted(RETRIEVAL_PRESETS)}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
+    p = RETRIEVAL_PRESETS[preset]
+    clip = build_clip(p.backbone, checkpoint, device)
+    backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype)
+    side_dim, side_layers = (p.side_dim, p.side_layers) if kind == "side4video" else (None, None)
+    with torch.device(device):
+        return VideoTextRetrieval(clip, backbone, side_dim, side_layers, matching, temporal_impl)
