@@ -18,7 +18,18 @@ from s4v.models.matching import MATCHING, similarity
 from s4v.models.side import SideNetwork
 from s4v.models.text import TextEncoder
 
-CLIP_MODULE_PREFIXES = ("text.", "visual_proj", "logit_scale")  # pretrained CLIP parts: lr 1e-7 in the recipe
+CLIP_MODULE_PREFIXES = ("text.", "visual_proj.", "temperature.")  # pretrained CLIP parts: lr 1e-7 in the recipe
+
+
+class Temperature(nn.Module):
+    """CLIP's learned logit scale, as a module so every trainable tensor sits in a child module."""
+
+    def __init__(self, logit_scale: Tensor) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(logit_scale.detach().clone())
+
+    def forward(self, sim: Tensor) -> Tensor:
+        return self.logit_scale.exp().clamp(max=100) * sim
 
 
 class VideoTextRetrieval(nn.Module):
@@ -56,7 +67,7 @@ class VideoTextRetrieval(nn.Module):
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
         self.text = TextEncoder(clip)
-        self.logit_scale = nn.Parameter(clip.logit_scale.detach().clone())
+        self.temperature = Temperature(clip.logit_scale)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -94,7 +105,7 @@ class VideoTextRetrieval(nn.Module):
         """Scaled (text, video) similarity logits of a batch of matching pairs."""
         frames = self.encode_video(video)
         text, mask, eot = self.encode_text(tokens)
-        return self.logit_scale.exp().clamp(max=100) * similarity(self.matching, text, mask, eot, frames)
+        return self.temperature(similarity(self.matching, text, mask, eot, frames))
 
 
 def symmetric_info_nce(logits: Tensor) -> Tensor:
