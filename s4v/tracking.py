@@ -1,0 +1,106 @@
+"""MLflow tracking on rank 0: resolved config, step metrics, system metrics, eval metrics, artifacts.
+
+Tracking is best effort: a tracking server that cannot be reached (at start or later) never stops
+training; the first failure is reported once and the tracker turns itself off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+_PARAM_MAX = 6000  # MLflow's limit on a param value's length
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _reachable(uri: str, timeout: float = 3.0) -> str | None:
+    """None if an HTTP tracking server answers /health, else why not."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            return None if r.status == 200 else f"HTTP {r.status}"
+    except Exception as e:  # any failure (refused, DNS, timeout) means: do not track
+        return repr(e)
+
+
+class Tracker:
+    """Thin MLflow wrapper; a no-op on ranks other than 0 or when disabled."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        uri: str | None = None,
+        experiment: str = "s4v",
+        run_name: str | None = None,
+        system_metrics: bool = True,
+        system_metrics_interval: float = 10.0,
+        run_id: str | None = None,
+    ) -> None:
+        self.active = False
+        self.run_id: str | None = None
+        self.uri = resolve_uri(uri)
+        if not enabled:
+            return
+        # Fail fast on a dead server instead of MLflow's default minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        problem = _reachable(self.uri)
+        if problem is not None:
+            self._warn(f"tracking server {self.uri} unreachable ({problem})")
+            return
+        try:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(experiment)
+            if system_metrics:
+                mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
+            # A resumed job continues its MLflow run (run_id from the checkpoint).
+            run = mlflow.start_run(
+                run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=system_metrics
+            )
+            self.run_id = run.info.run_id
+            self.active = True
+        except Exception as e:
+            self._warn(f"could not start an MLflow run at {self.uri} ({e!r})")
+
+    def _warn(self, what: str) -> None:
+        print(f"[s4v] warning: {what}; training continues without tracking", file=sys.stderr, flush=True)
+        self.active = False
+
+    def _call(self, fn_name: str, *args: Any, **kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            import mlflow
+
+            getattr(mlflow, fn_name)(*args, **kwargs)
+        except Exception as e:
+            self._warn(f"MLflow {fn_name} failed ({e!r})")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._call("log_params", {k: str(v)[:_PARAM_MAX] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", str(path), artifact_path=artifact_path)
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifacts", str(directory), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("set_tags", {k: str(v) for k, v in tags.items()})
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call("end_run", status=status)
+        self.active = False

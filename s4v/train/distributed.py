@@ -1,0 +1,89 @@
+"""Process-group setup shared by training and evaluation: the same code under the `deepspeed` launcher,
+torchrun, or a bare `python` process (which gets a world of one on a loopback rendezvous)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(threads_per_rank: int = 0) -> DistInfo:
+    """Initialise deepspeed.comm (NCCL on GPU, gloo on CPU, chosen by the DeepSpeed accelerator).
+
+    A process started without a launcher sets the env:// variables for a world of one itself.
+    CPU ranks split the cores between them; with several ranks per host each would otherwise use all
+    cores and the host would be oversubscribed.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    import deepspeed.comm as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
+    accel = get_accelerator()
+    if accel.device_name() == "cpu":
+        device = torch.device("cpu")
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads_per_rank or max(1, cores // max(1, local_world)))
+    else:
+        accel.set_device(local_rank)
+        device = torch.device(accel.device_name(local_rank))
+    return DistInfo(rank, world, local_rank, local_world, device)
+
+
+def barrier() -> None:
+    import deepspeed.comm as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order (pickled through the process group; small payloads only)."""
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a small float tensor (losses for logging)."""
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return values
+    values = values.clone()
+    tdist.all_reduce(values)
+    return values / tdist.get_world_size()

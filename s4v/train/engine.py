@@ -1,0 +1,179 @@
+"""DeepSpeed engine around the trainable part of a model on a frozen tower.
+
+DeepSpeed is handed a `TrainableView`: a module that registers only the modules holding trainable
+parameters (side network + head) and calls the full model in `forward`. So DeepSpeed casts, broadcasts,
+all-reduces, partitions (ZeRO) and checkpoints only the trainable state, while the frozen tower stays
+out of its reach: each rank builds it identically (same seed or same weights file) and keeps its own
+replica in the compute dtype, without gradients or optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from s4v.config import Config, OptimConfig
+from s4v.train.distributed import DistInfo
+
+# Recipe-derived keys: set from the run config, a DeepSpeed JSON may not contradict them.
+_DERIVED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
+
+
+class TrainableView(nn.Module):
+    """The model's trainable modules as DeepSpeed's module; `forward` runs the whole model.
+
+    The full model is held outside `_modules`, so DeepSpeed never sees the frozen tower.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "full", model)
+        for name, child in model.named_children():
+            if any(p.requires_grad for p in child.parameters()):
+                self.add_module(name, child)
+        held = {id(p) for p in self.parameters()}
+        wanted = {id(p) for p in model.trainable_parameters()}
+        if held != wanted or any(not p.requires_grad for p in self.parameters()):
+            raise ValueError(
+                "trainable and frozen parameters share a top-level module; TrainableView needs them "
+                "in separate children of the model"
+            )
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.full(video)
+
+
+def _fp32_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm with fp32 affine parameters on fp16/bf16 input; running statistics stay fp32."""
+    params = self._parameters
+    saved = params["weight"], params["bias"]
+    try:
+        params["weight"], params["bias"] = (None if p is None else p.float() for p in saved)
+        return super(type(self), self).forward(x)
+    finally:
+        params["weight"], params["bias"] = saved
+
+
+def keep_batchnorm_fp32(module: nn.Module) -> int:
+    """Make every BatchNorm of `module` normalise in fp32 once DeepSpeed casts its parameters to fp16/bf16.
+
+    DeepSpeed keeps buffers (the running statistics) in fp32 and casts parameters; a BatchNorm then sees
+    half-precision affine weights beside fp32 statistics, which PyTorch rejects. The patched forward
+    upcasts the affine weights (gradients flow back to the half copies) and PyTorch's mixed-precision
+    batch norm computes statistics in fp32. Returns how many modules were patched.
+    """
+    count = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not type(m).__name__.startswith("Fp32"):
+            m.__class__ = type(f"Fp32{type(m).__name__}", (type(m),), {"forward": _fp32_batchnorm_forward})
+            count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    micro_batch: int
+    accumulation: int
+
+
+def plan_batch(optim: OptimConfig, micro_batch: int, world_size: int) -> BatchPlan:
+    """Global batch (Table 12) = micro batch x ranks x accumulation steps; must divide exactly."""
+    per_step = micro_batch * world_size
+    if optim.batch_size % per_step:
+        raise ValueError(
+            f"global batch optim.batch_size={optim.batch_size} is not a multiple of data.batch_size "
+            f"({micro_batch}) x world size ({world_size})"
+        )
+    return BatchPlan(optim.batch_size, micro_batch, optim.batch_size // per_step)
+
+
+def load_ds_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and apply `ds.`-prefixed overrides (dotted keys)."""
+    ds = json.loads(Path(path).read_text())
+    for key, value in (overrides or {}).items():
+        node = ds
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ds
+
+
+def resolve_ds_config(ds: dict[str, Any], cfg: Config, plan: BatchPlan) -> dict[str, Any]:
+    """Fill the recipe-derived keys; refuse a JSON that sets them to something else."""
+    ds = dict(ds)
+    derived = {
+        "train_batch_size": plan.global_batch,
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accumulation,
+        "gradient_clipping": cfg.optim.clip_grad,
+    }
+    for key in _DERIVED:
+        if key in ds and ds[key] != derived[key]:
+            raise ValueError(
+                f"DeepSpeed config sets {key}={ds[key]!r} but the run config gives {derived[key]!r}; "
+                "batch sizes and clipping come from the run config (optim.batch_size, data.batch_size, "
+                "optim.clip_grad): drop the key from the JSON"
+            )
+    ds.update(derived)
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ValueError("the DeepSpeed config must not define optimizer/scheduler: they come from the recipe")
+    return ds
+
+
+def compute_dtype(ds: dict[str, Any]) -> torch.dtype:
+    if ds.get("fp16", {}).get("enabled", False):
+        return torch.float16
+    if ds.get("bf16", {}).get("enabled", False):
+        return torch.bfloat16
+    return torch.float32
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier: linear warmup from 0, then cosine decay to `min_ratio` (the reference's schedule)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (weight decay on all of them, as in the reference)."""
+    return torch.optim.AdamW(
+        params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, foreach=False
+    )
+
+
+def build_engine(
+    model: nn.Module, cfg: Config, ds: dict[str, Any], dist: DistInfo, steps_per_epoch: int
+) -> tuple[Any, TrainableView]:
+    """deepspeed.initialize on the trainable view, with our AdamW and warmup-cosine schedule."""
+    import deepspeed
+
+    dtype = compute_dtype(ds)
+    if dtype == torch.float16 and dist.device.type == "cpu":
+        raise ValueError("fp16 is not supported by DeepSpeed on CPU: use bf16 or fp32 (ds_configs/cpu.json)")
+    model.backbone.to(dtype)  # the frozen replica lives in the compute dtype
+    view = TrainableView(model)
+    if dtype != torch.float32:
+        keep_batchnorm_fp32(view)
+    optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
+    total = max(1, cfg.optim.epochs * steps_per_epoch)
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    min_ratio = cfg.optim.min_lr / cfg.optim.lr if cfg.optim.lr else 0.0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, min_ratio))
+    engine, _, _, _ = deepspeed.initialize(
+        model=view, optimizer=optimizer, lr_scheduler=scheduler, config=ds, dist_init_required=False
+    )
+    return engine, view
