@@ -91,17 +91,20 @@ class FusedTemporalConv(torch.autograd.Function):
             d_w1 = m * gamma + d_b1[:, None] * beta
             d_gamma = (w1 * m).sum(0)
             d_beta = d_b1 @ w1
-            scale = gamma * rstd
-            mm = d_h1 @ (w1 * scale).to(cdt)
-            if ctx.batch_stats:
-                a = -scale * d_gamma / rows
-                shift = -scale * d_beta / rows
-                dx = ops.bn_input_grad(mm, xhat, a.contiguous(), shift.contiguous(), ctx.x_dtype)
-            else:
-                dx = mm.to(ctx.x_dtype)
+            dx = None
+            if ctx.needs_input_grad[0]:  # the first side block's input may not need it
+                scale = gamma * rstd
+                mm = d_h1 @ (w1 * scale).to(cdt)
+                if ctx.batch_stats:
+                    a = -scale * d_gamma / rows
+                    shift = -scale * d_beta / rows
+                    dx = ops.bn_input_grad(mm, xhat, a.contiguous(), shift.contiguous(), ctx.x_dtype)
+                else:
+                    dx = mm.to(ctx.x_dtype)
+                dx = dx.view(b, t, n, c)
         b1_dtype, b2_dtype = ctx.pw_dtypes
         return (
-            dx.view(b, t, n, c),
+            dx,
             d_gamma.to(bn_weight.dtype),
             d_beta.to(bn_bias.dtype),
             d_w1.to(pw1_weight.dtype).view_as(pw1_weight),
@@ -136,9 +139,7 @@ def batch_norm_statistics(
     x2 = x.detach().reshape(-1, c).contiguous()
     rows = x2.shape[0]
     if rows < 2:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
-        )
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     mean, var = ops.bn_stats(x2)
     if running_mean is not None:
         with torch.no_grad():

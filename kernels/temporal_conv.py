@@ -8,6 +8,7 @@ the PyTorch reference or the fused Triton path (see `kernels.fused_temporal_conv
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -17,9 +18,7 @@ from torch.nn import functional as F
 Impl = Literal["auto", "triton", "reference"]
 
 
-def temporal_conv_reference(
-    x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d
-) -> Tensor:
+def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
     """Plain PyTorch version of the branch on (B, T, N, C) tokens; the kernels are checked against it.
 
     BN3d runs on the tokens viewed as (B*T*N, C, 1, 1, 1): the same statistics as on NCTHW, with no
@@ -35,9 +34,7 @@ def temporal_conv_reference(
     return F.linear(y, pw2.weight.flatten(1), pw2.bias)
 
 
-def temporal_conv_fused(
-    x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d
-) -> Tensor:
+def temporal_conv_fused(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
     """The branch through the Triton kernels, with nn.BatchNorm3d's training/eval semantics.
 
     Imported lazily: Triton decides between compiled and interpreted kernels when the kernel module
@@ -51,15 +48,16 @@ def temporal_conv_fused(
         if bn.momentum is None:  # cumulative moving average, as in torch's _BatchNorm
             momentum = 1.0 / float(bn.num_batches_tracked)
     use_batch_stats = bn.training or bn.running_mean is None
-    mean, rstd = batch_norm_statistics(x, bn.running_mean, bn.running_var, use_batch_stats, momentum, bn.eps)
     device = x.device.type
-    enabled = torch.is_autocast_enabled(device)
-    compute_dtype = torch.get_autocast_dtype(device) if enabled else x.dtype
-    with torch.autocast(device, enabled=False):
-        return FusedTemporalConv.apply(
-            x, bn.weight, bn.bias, pw1.weight, pw1.bias, dw.weight, dw.bias, pw2.weight, pw2.bias,
-            mean, rstd, use_batch_stats, compute_dtype,
-        )  # fmt: skip
+    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    # Triton launches on the current CUDA device: make it x's (a no-op on CPU).
+    with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
+        mean, rstd = batch_norm_statistics(x, bn.running_mean, bn.running_var, use_batch_stats, momentum, bn.eps)
+        with torch.autocast(device, enabled=False):
+            return FusedTemporalConv.apply(
+                x, bn.weight, bn.bias, pw1.weight, pw1.bias, dw.weight, dw.bias, pw2.weight, pw2.bias,
+                mean, rstd, use_batch_stats, compute_dtype,
+            )  # fmt: skip
 
 
 class TemporalConvBranch(nn.Module):

@@ -3,6 +3,7 @@
 All kernels work on a contiguous channel-last matrix of R = B*T*N rows and C channels; row r is
 token (b, t, n) with r = (b*T + t)*N + n, so its temporal neighbours are the rows r -/+ N.
 Every load is cast to fp32 and every reduction accumulates in fp32, whatever the storage dtype.
+Row indices are int32 (R < 2**31; 64-bit division is slow on GPUs), element offsets int64.
 Reductions over rows are written as per-program partials and summed by torch afterwards:
 deterministic, unlike atomics.
 
@@ -18,9 +19,7 @@ from torch import Tensor
 
 
 @triton.jit
-def _bn_stats_kernel(
-    x_ptr, mean_ptr, m2_ptr, R, C, rows_per_prog, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):
+def _bn_stats_kernel(x_ptr, mean_ptr, m2_ptr, R, C, rows_per_prog, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per-program channel mean and M2 over `rows_per_prog` rows, merged tile by tile (Chan et al.).
 
     Values are shifted by the program's first row before summing, so fp32 sums stay small and exact
@@ -29,18 +28,16 @@ def _bn_stats_kernel(
     pid_r = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    shift = tl.load(x_ptr + (pid_r * rows_per_prog).to(tl.int64) * C + cols, mask=cmask, other=0.0).to(
-        tl.float32
-    )
+    shift = tl.load(x_ptr + (pid_r * rows_per_prog).to(tl.int64) * C + cols, mask=cmask, other=0.0).to(tl.float32)
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
     count = tl.zeros([BLOCK_C], tl.float32)
     for start in range(0, rows_per_prog, BLOCK_R):
         local = start + tl.arange(0, BLOCK_R)
-        rows = (pid_r * rows_per_prog + local).to(tl.int64)
+        rows = pid_r * rows_per_prog + local
         rmask = (rows < R) & (local < rows_per_prog)
         mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         x = tl.where(mask, x - shift[None, :], 0.0)
         n_tile = tl.sum(rmask.to(tl.float32), axis=0)
         tile_mean = tl.sum(x, axis=0) / tl.maximum(n_tile, 1.0)
@@ -56,15 +53,13 @@ def _bn_stats_kernel(
 
 
 @triton.jit
-def _bn_normalise_kernel(
-    x_ptr, y_ptr, mean_ptr, rstd_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):
+def _bn_normalise_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """y = (x - mean) * rstd, stored in y's dtype (the affine part is folded into PW1's weights)."""
-    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     mask = (rows < R)[:, None] & cmask[None, :]
-    offs = rows[:, None] * C + cols[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
     rstd = tl.load(rstd_ptr + cols, mask=cmask, other=0.0)
@@ -73,15 +68,13 @@ def _bn_normalise_kernel(
 
 
 @triton.jit
-def _bn_input_grad_kernel(
-    mm_ptr, xhat_ptr, a_ptr, b_ptr, dx_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):
+def _bn_input_grad_kernel(mm_ptr, xhat_ptr, a_ptr, b_ptr, dx_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """BN training backward epilogue: dx = mm + a * xhat + b (mm = dh1 @ PW1 weight scaled by gamma*rstd)."""
-    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     mask = (rows < R)[:, None] & cmask[None, :]
-    offs = rows[:, None] * C + cols[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     mm = tl.load(mm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     xhat = tl.load(xhat_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(a_ptr + cols, mask=cmask, other=0.0)
@@ -91,17 +84,15 @@ def _bn_input_grad_kernel(
 
 
 @triton.jit
-def _dw_forward_kernel(
-    h_ptr, w_ptr, bias_ptr, out_ptr, R, C, T, N, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):
+def _dw_forward_kernel(h_ptr, w_ptr, bias_ptr, out_ptr, R, C, T, N, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[t] = w0 * h[t-1] + w1 * h[t] + w2 * h[t+1] + bias (zero padding at both ends of each clip)."""
-    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     rmask = rows < R
     t = (rows // N) % T
     mask = rmask[:, None] & cmask[None, :]
-    offs = rows[:, None] * C + cols[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     step = N * C
     h_prev = tl.load(h_ptr + offs - step, mask=mask & (t > 0)[:, None], other=0.0).to(tl.float32)
     h_cur = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -148,13 +139,13 @@ def _dw_backward_kernel(
     step = N * C
     for start in range(0, rows_per_prog, BLOCK_R):
         local = start + tl.arange(0, BLOCK_R)
-        rows = (pid_r * rows_per_prog + local).to(tl.int64)
+        rows = pid_r * rows_per_prog + local
         rmask = (rows < R) & (local < rows_per_prog)
         t = (rows // N) % T
         mask = rmask[:, None] & cmask[None, :]
         has_prev = mask & (t > 0)[:, None]
         has_next = mask & (t < T - 1)[:, None]
-        offs = rows[:, None] * C + cols[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
         g_prev = tl.load(g_ptr + offs - step, mask=has_prev, other=0.0).to(tl.float32)
         g_cur = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         g_next = tl.load(g_ptr + offs + step, mask=has_next, other=0.0).to(tl.float32)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -30,9 +35,7 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 2e-
     assert err <= tol * (1.0 + expected.double().abs().max().item()), err
 
 
-def _run(
-    module: TemporalConvBranch, x: torch.Tensor, grad: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _run(module: TemporalConvBranch, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach().clone().requires_grad_()
     out = module(x)
     out.backward(grad)
@@ -81,6 +84,17 @@ def test_running_stats_over_steps_and_cumulative_momentum() -> None:
         ref.eval(), fused.eval()
         x = torch.randn(1, 2, 3, 192)
         _assert_close(fused(x), ref(x))
+
+
+def test_input_without_grad() -> None:
+    """Parameter grads only (dx skipped) when the input does not require grad."""
+    ref, fused = _pair(192, training=True)
+    x = torch.randn(1, 4, 3, 192)
+    ref(x).square().sum().backward()
+    out = fused(x)
+    out.square().sum().backward()
+    for p_ref, p in zip(ref.parameters(), fused.parameters(), strict=True):
+        _assert_close(p.grad, p_ref.grad)
 
 
 def test_non_contiguous_input() -> None:
@@ -199,3 +213,13 @@ def test_impl_switch_and_errors() -> None:
         TemporalConvBranch(192, impl="cuda")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="more than 1 value"):
         TemporalConvBranch(192, impl="triton")(torch.randn(1, 1, 1, 192))
+
+
+def test_kernels_compile_for_cuda_without_gpu() -> None:
+    """The real Triton compiler (stricter than the interpreter) builds every kernel to an sm_90 cubin."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "kernels.aot_check", "--archs", "90", "--dtypes", "fp32,bf16"]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("_dw_backward_kernel") == 2, proc.stdout

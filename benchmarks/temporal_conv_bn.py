@@ -1,0 +1,193 @@
+"""Fused Triton temporal branch vs PyTorch eager vs torch.compile at the side shapes of the presets.
+
+    python benchmarks/temporal_conv_bn.py                      # CUDA if present, else CPU
+    python benchmarks/temporal_conv_bn.py --device cpu --no-compile
+
+Per preset shape (batch per Table 2 of the paper: 32 for B/16, 16 for L/14; 16 for E/14-light, which
+the paper trains under a 40 GB limit) and dtype, it measures one training step of the branch:
+- saved activations: exact bytes autograd keeps for backward (distinct storages, weights excluded);
+- on CUDA: forward and forward+backward time (median of CUDA-event timed repeats) and peak memory
+  above the step's inputs (torch.cuda.max_memory_allocated);
+- on CPU: wall time of eager and compile; the fused path then runs in Triton's interpreter, so it
+  is not timed (its saved bytes are still exact).
+Prints one table with ratios against eager and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels only run on CPU interpreted; set before they load
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import TemporalConvBranch  # noqa: E402
+from kernels.saved_tensors import saved_activation_bytes  # noqa: E402
+
+# name: (side width d, batch, frames, patch tokens N)
+SHAPES = {
+    "b16": (320, 32, 8, 196),
+    "l14": (512, 16, 8, 256),
+    "e14-light": (576, 16, 8, 256),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MIB = 2.0**20
+
+
+@dataclass
+class Result:
+    shape: str
+    dtype: str
+    variant: str
+    tokens: str
+    saved_mib: float
+    fwd_ms: float | None
+    fwd_bwd_ms: float | None
+    peak_mib: float | None
+    note: str
+
+
+def _branch(dim: int, impl: str, device: torch.device, dtype: torch.dtype) -> TemporalConvBranch:
+    torch.manual_seed(0)
+    return TemporalConvBranch(dim, impl=impl).to(device=device, dtype=dtype).train()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeat: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _peak_mib(step: Callable[[], None], device: torch.device) -> float:
+    """Peak allocated memory of one step above what was allocated before it (CUDA only)."""
+    _sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / MIB
+
+
+def bench_one(shape: str, dtype_name: str, variant: str, device: torch.device, warmup: int, repeat: int) -> Result:
+    dim, batch, frames, tokens = SHAPES[shape]
+    dtype = DTYPES[dtype_name]
+    module = _branch(dim, "reference" if variant != "fused" else "triton", device, dtype)
+    model = torch.compile(module, dynamic=False) if variant == "compile" else module
+    x = torch.randn(batch, frames, tokens, dim, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x)
+
+    def forward() -> None:
+        model(x)
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        model(x).backward(grad)
+
+    tokens_str = f"{batch}x{frames}x{tokens}x{dim}"
+    if device.type == "cpu" and variant == "fused":  # interpreted kernels: bytes are exact, time is not
+        saved = saved_activation_bytes(lambda: model(x), module.parameters()) / MIB
+        return Result(shape, dtype_name, variant, tokens_str, saved, None, None, None, "interpreted, untimed")
+    step()  # compile / load kernels before counting
+    saved = saved_activation_bytes(lambda: model(x), module.parameters()) / MIB
+    fwd = _time_ms(forward, device, warmup, repeat)
+    fwd_bwd = _time_ms(step, device, warmup, repeat)
+    peak = _peak_mib(step, device) if device.type == "cuda" else None
+    return Result(shape, dtype_name, variant, tokens_str, saved, fwd, fwd_bwd, peak, "")
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return f"{num / den:.2f}x" if num and den else "-"
+
+
+def _ms(value: float | None, note: str) -> str:
+    return (note or "-") if value is None else f"{value:.2f}"
+
+
+def format_table(results: list[Result]) -> str:
+    """Markdown table; time ratio = eager / variant (higher is faster), byte ratios = variant / eager."""
+    head = (
+        "| shape | dtype | variant | B x T x N x d | saved MiB | saved vs eager | fwd ms | fwd+bwd ms "
+        "| speedup vs eager | peak MiB | peak vs eager |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    eager = {(r.shape, r.dtype): r for r in results if r.variant == "eager"}
+    for r in results:
+        e = eager[(r.shape, r.dtype)]
+        speedup = _ratio(e.fwd_bwd_ms, r.fwd_bwd_ms)
+        peak = "-" if r.peak_mib is None else f"{r.peak_mib:.0f}"
+        lines.append(
+            f"| {r.shape} | {r.dtype} | {r.variant} | {r.tokens} "
+            f"| {r.saved_mib:.1f} | {_ratio(r.saved_mib, e.saved_mib)} "
+            f"| {_ms(r.fwd_ms, r.note)} | {_ms(r.fwd_bwd_ms, r.note)} | {speedup} | {peak} "
+            f"| {_ratio(r.peak_mib, e.peak_mib)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma list of " + ", ".join(SHAPES))
+    parser.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: both on CUDA, fp32 on CPU)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--warmup", type=int, default=None, help="default 5 on CUDA, 0 on CPU")
+    parser.add_argument("--repeat", type=int, default=None, help="default 20 on CUDA, 1 on CPU")
+    parser.add_argument("--out", default="outputs/bench/temporal_conv_bn.json")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtypes = (args.dtypes or ("fp32,bf16" if cuda else "fp32")).split(",")
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 0)
+    repeat = args.repeat if args.repeat is not None else (20 if cuda else 1)
+    variants = ["eager", "fused"] + ([] if args.no_compile else ["compile"])
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every variant
+
+    results = []
+    for shape in args.shapes.split(","):
+        for dtype_name in dtypes:
+            for variant in variants:
+                result = bench_one(shape, dtype_name, variant, device, warmup, repeat)
+                print(f"  {shape} {dtype_name} {variant}: {asdict(result)}", file=sys.stderr, flush=True)
+                results.append(result)
+                if cuda:
+                    torch.cuda.empty_cache()
+
+    device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
+    print(f"temporal branch BN3d+PW+DW+PW, one training step, device: {device_name}, torch {torch.__version__}")
+    print(format_table(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"device": device_name, "torch": torch.__version__, "results": [asdict(r) for r in results]}
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
