@@ -63,10 +63,14 @@ class Tracker:
             mlflow.set_experiment(experiment)
             if system_metrics:
                 mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
-            # A resumed job continues its MLflow run (run_id from the checkpoint).
-            run = mlflow.start_run(
-                run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=system_metrics
-            )
+            run = None
+            if run_id:  # a resumed job continues its MLflow run, if this tracking store has it
+                try:
+                    run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+                except Exception:
+                    run = None
+            if run is None:
+                run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
             self.run_id = run.info.run_id
             self.active = True
         except Exception as e:

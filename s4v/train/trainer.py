@@ -73,6 +73,11 @@ class StepLog:
     def __init__(self, path: Path, tracker: Tracker, every: int, active: bool) -> None:
         self.path, self.tracker, self.every, self.active = path, tracker, max(1, every), active
 
+    def truncate(self, step: int) -> None:
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(f"{line}\n" for line in kept))
+
     def write(self, step: int, record: dict[str, float]) -> None:
         if not self.active:
             return
@@ -162,6 +167,8 @@ def train(
         )
 
     log = StepLog(out / "metrics.jsonl", tracker, cfg.train.log_every_steps, dist.is_main)
+    if dist.is_main:
+        log.truncate(position["step"])  # drop steps a killed run logged after its last checkpoint
     step = position["step"]
     max_steps = cfg.train.max_steps or cfg.optim.epochs * steps_per_epoch
     micro_per_epoch = steps_per_epoch * plan.accumulation
