@@ -1,0 +1,130 @@
+"""Table 9 ablations of Side4Video on top of the core model (s4v.models), without touching it.
+
+Options (defaults are the paper's choices and reproduce `Side4VideoClassifier` exactly):
+- temporal: "conv" (BN3d + depthwise-separable temporal conv) or "attention" (LayerNorm + MHA over T
+  for every spatial position, Table 9b);
+- cls_shift: shift the frozen [CLS] channels across adjacent frames before it joins K / V (Table 9c);
+- representation: "gap" over patch tokens, "vit-cls" (the Down-projected frozen [CLS] carried as a
+  side token, fused like the patches) or "extra-cls" (a learnable side token), Table 9d;
+- layers / dim of the side network (Tables 9e, 9f).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from s4v.models import create_model
+from s4v.models.side import batchnorm_tokens, shift_cls
+
+REPRESENTATIONS = ("gap", "vit-cls", "extra-cls")
+
+
+class TemporalAttention(nn.Module):
+    """Temporal self-attention branch (no residual inside), the alternative to the temporal conv."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.heads = max(1, dim // 64)
+        self.norm = nn.LayerNorm(dim)
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, s: Tensor) -> Tensor:
+        b, t, n, d = s.shape
+        x = self.norm(s).transpose(1, 2).reshape(b * n, t, d)
+        q, k, v = self.in_proj(x).view(b * n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, t, d)
+        return self.out_proj(out.transpose(1, 2))
+
+
+def _attention(attn: nn.Module, s: Tensor, cls: Tensor, shift: bool) -> Tensor:
+    """The core block's [CLS]-shift attention (queries: all side tokens), with the shift optional."""
+    b, t, n, d = s.shape
+    kv_cls = shift_cls(cls) if shift else cls
+    x = attn.norm(torch.cat([kv_cls.unsqueeze(2), s], dim=2)).reshape(b * t, n + 1, d)
+    w_q, w_kv = attn.in_proj.weight.split([d, 2 * d])
+    b_q, b_kv = attn.in_proj.bias.split([d, 2 * d])
+    q = F.linear(x[:, 1:], w_q, b_q).view(b * t, n, attn.heads, -1).transpose(1, 2)
+    k, v = F.linear(x, w_kv, b_kv).view(b * t, n + 1, 2, attn.heads, -1).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, n, d)
+    return attn.out_proj(out)
+
+
+class Side4VideoVariant(nn.Module):
+    """A Side4Video classifier whose side loop applies the Table 9 options."""
+
+    def __init__(
+        self,
+        backbone: str = "b16",
+        layers: int = 12,
+        dim: int = 320,
+        num_classes: int = 174,
+        temporal: str = "conv",
+        cls_shift: bool = True,
+        representation: str = "gap",
+        device: str | torch.device = "cpu",
+        base_preset: str | None = None,
+    ) -> None:
+        super().__init__()
+        if temporal not in ("conv", "attention"):
+            raise ValueError(f"unknown temporal module {temporal!r}")
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"unknown representation {representation!r}; choose one of {REPRESENTATIONS}")
+        preset = base_preset or f"{backbone}-light"
+        self.model = _create_with_side(preset, num_classes, layers, dim, device)
+        self.cls_shift = cls_shift
+        self.representation = representation
+        if temporal == "attention":
+            with torch.device(device):
+                for blk in self.model.side.blocks:
+                    blk.temporal = TemporalAttention(dim)
+        if representation == "extra-cls":
+            with torch.device(device):
+                self.extra_cls = nn.Parameter(torch.zeros(dim))
+            nn.init.normal_(self.extra_cls, std=0.02)
+
+    def forward(self, video: Tensor) -> Tensor:
+        side, backbone = self.model.side, self.model.backbone
+        b, t = video.shape[:2]
+        s = side.stem_tokens(video.to(side.stem.weight.dtype))
+        with_cls = self.representation != "gap"
+        if self.representation == "extra-cls":
+            s = torch.cat([self.extra_cls.to(s.dtype).expand(b, t, 1, -1), s], dim=2)
+        x = backbone.embed(video.flatten(0, 1))
+        readers = dict(zip(side.read_layers, side.blocks, strict=True))
+        first = True
+        for index in range(len(backbone.blocks)):
+            x = backbone.block(index, x)
+            if index in readers:
+                s = self._block(readers[index], s, x, side.pos, with_cls, first)
+                first = False
+        return self.model.head(s[:, :, :1] if with_cls else s)
+
+    def _block(self, blk: nn.Module, s: Tensor, frozen: Tensor, pos: Tensor, with_cls: bool, first: bool) -> Tensor:
+        b, t, _, d = s.shape
+        z = blk.fuse(frozen).view(b, t, -1, d)
+        if self.representation == "gap":
+            s = 0.5 * s + 0.5 * z[:, :, 1:]
+        elif self.representation == "vit-cls":
+            if first:  # the side stem has no [CLS]: the slot starts from the frozen one
+                s = torch.cat([z[:, :, :1], s], dim=2)
+            s = 0.5 * s + 0.5 * z
+        else:  # extra-cls: the learnable slot is not fused
+            s = torch.cat([s[:, :, :1], 0.5 * s[:, :, 1:] + 0.5 * z[:, :, 1:]], dim=2)
+        s = s + blk.temporal(s)
+        if with_cls:
+            pos = torch.cat([pos.new_zeros(1, d), pos], dim=0)
+        s = s + _attention(blk.attn, s + pos, z[:, :, 0], self.cls_shift)
+        return s + blk.mlp(batchnorm_tokens(blk.mlp_bn, s))
+
+
+def _create_with_side(preset: str, num_classes: int, layers: int, dim: int, device) -> nn.Module:
+    """The core classifier on `preset`'s tower with a side network of `layers` x `dim`."""
+    from s4v.models import PRESETS
+    from s4v.models.classifier import Side4VideoClassifier
+
+    base = create_model(preset, num_classes, kind="meanpool", device=device)
+    with torch.device(device):
+        return Side4VideoClassifier(base.backbone, dim, layers, num_classes, PRESETS[preset].head_dropout)
