@@ -55,6 +55,7 @@ class Result:
     fwd_ms: float | None
     fwd_bwd_ms: float | None
     peak_mib: float | None
+    rel_diff: float | None  # max |out - eager| / max |eager| over the output and the input grad
     note: str
 
 
@@ -91,7 +92,15 @@ def _peak_mib(step: Callable[[], None], device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / MIB
 
 
-def bench_one(shape: str, dtype_name: str, variant: str, device: torch.device, warmup: int, repeat: int) -> Result:
+def _rel_diff(ours: tuple[torch.Tensor, ...], eager: tuple[torch.Tensor, ...]) -> float:
+    pairs = zip(ours, eager, strict=True)
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in pairs)
+
+
+def bench_one(
+    shape: str, dtype_name: str, variant: str, device: torch.device, warmup: int, repeat: int, eager_out: dict
+) -> Result:
+    """Measure one variant; eager_out holds eager's (output, input grad) per (shape, dtype) to compare with."""
     dim, batch, frames, tokens = SHAPES[shape]
     dtype = DTYPES[dtype_name]
     module = _branch(dim, "reference" if variant != "fused" else "triton", device, dtype)
@@ -102,21 +111,28 @@ def bench_one(shape: str, dtype_name: str, variant: str, device: torch.device, w
     def forward() -> None:
         model(x)
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        model(x).backward(grad)
+        out = model(x)
+        out.backward(grad)
+        return out
 
     tokens_str = f"{batch}x{frames}x{tokens}x{dim}"
     if device.type == "cpu" and variant == "fused":  # interpreted kernels: bytes are exact, time is not
         saved = saved_activation_bytes(lambda: model(x), module.parameters()) / MIB
-        return Result(shape, dtype_name, variant, tokens_str, saved, None, None, None, "interpreted, untimed")
-    step()  # compile / load kernels before counting
+        return Result(shape, dtype_name, variant, tokens_str, saved, None, None, None, None, "interpreted, untimed")
+    outputs = (step().detach(), x.grad.detach().clone())  # also compiles / loads the kernels
+    key = (shape, dtype_name)
+    rel_diff = _rel_diff(outputs, eager_out[key]) if key in eager_out else None
+    if variant == "eager":
+        eager_out[key] = outputs
+    del outputs
     saved = saved_activation_bytes(lambda: model(x), module.parameters()) / MIB
     fwd = _time_ms(forward, device, warmup, repeat)
     fwd_bwd = _time_ms(step, device, warmup, repeat)
     peak = _peak_mib(step, device) if device.type == "cuda" else None
-    return Result(shape, dtype_name, variant, tokens_str, saved, fwd, fwd_bwd, peak, "")
+    return Result(shape, dtype_name, variant, tokens_str, saved, fwd, fwd_bwd, peak, rel_diff, "")
 
 
 def _ratio(num: float | None, den: float | None) -> str:
@@ -131,7 +147,7 @@ def format_table(results: list[Result]) -> str:
     """Markdown table; time ratio = eager / variant (higher is faster), byte ratios = variant / eager."""
     head = (
         "| shape | dtype | variant | B x T x N x d | saved MiB | saved vs eager | fwd ms | fwd+bwd ms "
-        "| speedup vs eager | peak MiB | peak vs eager |"
+        "| speedup vs eager | peak MiB | peak vs eager | rel diff vs eager |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     eager = {(r.shape, r.dtype): r for r in results if r.variant == "eager"}
@@ -143,7 +159,7 @@ def format_table(results: list[Result]) -> str:
             f"| {r.shape} | {r.dtype} | {r.variant} | {r.tokens} "
             f"| {r.saved_mib:.1f} | {_ratio(r.saved_mib, e.saved_mib)} "
             f"| {_ms(r.fwd_ms, r.note)} | {_ms(r.fwd_bwd_ms, r.note)} | {speedup} | {peak} "
-            f"| {_ratio(r.peak_mib, e.peak_mib)} |"
+            f"| {_ratio(r.peak_mib, e.peak_mib)} | {'-' if r.rel_diff is None else f'{r.rel_diff:.1e}'} |"
         )
     return "\n".join(lines)
 
@@ -168,15 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every variant
 
-    results = []
+    results, eager_out = [], {}
     for shape in args.shapes.split(","):
         for dtype_name in dtypes:
             for variant in variants:
-                result = bench_one(shape, dtype_name, variant, device, warmup, repeat)
+                result = bench_one(shape, dtype_name, variant, device, warmup, repeat, eager_out)
                 print(f"  {shape} {dtype_name} {variant}: {asdict(result)}", file=sys.stderr, flush=True)
                 results.append(result)
                 if cuda:
                     torch.cuda.empty_cache()
+            eager_out.clear()
 
     device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
     print(f"temporal branch BN3d+PW+DW+PW, one training step, device: {device_name}, torch {torch.__version__}")
