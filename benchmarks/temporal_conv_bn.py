@@ -3,6 +3,8 @@
     python benchmarks/temporal_conv_bn.py                      # CUDA if present, else CPU
     python benchmarks/temporal_conv_bn.py --device cpu --no-compile
 
+Variants: eager (the PyTorch reference), fused (Triton, saves xhat and h1), fused-recompute (saves
+xhat only, recomputes h1 in backward), compile (torch.compile of the reference).
 Per preset shape (batch per Table 2 of the paper: 32 for B/16, 16 for L/14; 16 for E/14-light, which
 the paper trains under a 40 GB limit) and dtype, it measures one training step of the branch:
 - saved activations: exact bytes autograd keeps for backward (distinct storages, weights excluded);
@@ -103,7 +105,8 @@ def bench_one(
     """Measure one variant; eager_out holds eager's (output, input grad) per (shape, dtype) to compare with."""
     dim, batch, frames, tokens = SHAPES[shape]
     dtype = DTYPES[dtype_name]
-    module = _branch(dim, "reference" if variant != "fused" else "triton", device, dtype)
+    module = _branch(dim, "triton" if variant.startswith("fused") else "reference", device, dtype)
+    module.recompute = variant == "fused-recompute"
     model = torch.compile(module, dynamic=False) if variant == "compile" else module
     x = torch.randn(batch, frames, tokens, dim, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn_like(x)
@@ -119,7 +122,7 @@ def bench_one(
         return out
 
     tokens_str = f"{batch}x{frames}x{tokens}x{dim}"
-    if device.type == "cpu" and variant == "fused":  # interpreted kernels: bytes are exact, time is not
+    if device.type == "cpu" and module.uses_triton(x):  # interpreted kernels: bytes are exact, time is not
         saved = saved_activation_bytes(lambda: model(x), module.parameters()) / MIB
         return Result(shape, dtype_name, variant, tokens_str, saved, None, None, None, None, "interpreted, untimed")
     outputs = (step().detach(), x.grad.detach().clone())  # also compiles / loads the kernels
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = (args.dtypes or ("fp32,bf16" if cuda else "fp32")).split(",")
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 0)
     repeat = args.repeat if args.repeat is not None else (20 if cuda else 1)
-    variants = ["eager", "fused"] + ([] if args.no_compile else ["compile"])
+    variants = ["eager", "fused", "fused-recompute"] + ([] if args.no_compile else ["compile"])
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every variant
 

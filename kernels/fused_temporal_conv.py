@@ -17,6 +17,7 @@ Fusion boundary (why it is drawn here):
   PW1's bias grad (column sums of its own output) on the fly.
 - Saved for backward: xhat and h1 only (eager saves x, BN's output, h1 and h2). BN backward needs xhat,
   never x; h2 = DW(h1) is recomputed in backward by one memory-bound pass instead of being kept.
+  With recompute=True only xhat is kept and h1 is recomputed too (one extra C x C matmul).
 All kernels read fp16/bf16 and accumulate in fp32; the matmuls run in the autocast dtype if autocast
 is on, else in the input dtype.
 """
@@ -29,8 +30,17 @@ from torch import Tensor
 from kernels import triton_ops as ops
 
 
+def _pw1(xhat: Tensor, bn_weight: Tensor, bn_bias: Tensor, pw1_weight: Tensor, pw1_bias: Tensor) -> Tensor:
+    """PW1 with BN's affine folded in: xhat @ (W1 * gamma)^T + (b1 + W1 @ beta), in xhat's dtype."""
+    c = xhat.shape[1]
+    w1 = pw1_weight.reshape(c, c).float()
+    bias = (pw1_bias.float() + w1 @ bn_bias.float()).to(xhat.dtype)
+    return torch.addmm(bias, xhat, (w1 * bn_weight.float()).to(xhat.dtype).t())
+
+
 class FusedTemporalConv(torch.autograd.Function):
-    """Inputs: x (B, T, N, C), then bn weight/bias, pw1 weight/bias, dw weight/bias, pw2 weight/bias."""
+    """Inputs: x (B, T, N, C), bn/pw1/dw/pw2 weight and bias, BN (mean, rstd) in fp32, whether they are
+    batch statistics (training backward), the matmul dtype, and whether to recompute h1 in backward."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -48,22 +58,20 @@ class FusedTemporalConv(torch.autograd.Function):
         rstd: Tensor,
         batch_stats: bool,
         compute_dtype: torch.dtype,
+        recompute: bool,
     ) -> Tensor:
         b, t, n, c = x.shape
         x2 = x.reshape(-1, c).contiguous()
         xhat = ops.bn_normalise(x2, mean, rstd, compute_dtype)
-        gamma = bn_weight.float()
-        w1 = pw1_weight.reshape(c, c).float()
-        h1 = torch.addmm(
-            (pw1_bias.float() + w1 @ bn_bias.float()).to(compute_dtype),
-            xhat,
-            (w1 * gamma).to(compute_dtype).t(),
-        )
+        h1 = _pw1(xhat, bn_weight, bn_bias, pw1_weight, pw1_bias)
         w_dw, b_dw = dw_weight.reshape(c, 3).float().contiguous(), dw_bias.float()
         h2 = ops.dw_forward(h1, w_dw, b_dw, t, n)
         w2 = pw2_weight.reshape(c, c).to(compute_dtype)
         out = torch.addmm(pw2_bias.to(compute_dtype), h2, w2.t())
-        ctx.save_for_backward(xhat, h1, rstd, bn_weight, bn_bias, pw1_weight, dw_weight, dw_bias, pw2_weight)
+        ctx.save_for_backward(
+            xhat, None if recompute else h1, rstd, bn_weight, bn_bias, pw1_weight, pw1_bias, dw_weight, dw_bias,
+            pw2_weight,
+        )  # fmt: skip
         ctx.batch_stats = batch_stats
         ctx.x_dtype = x.dtype
         ctx.pw_dtypes = (pw1_bias.dtype, pw2_bias.dtype)
@@ -71,11 +79,13 @@ class FusedTemporalConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        xhat, h1, rstd, bn_weight, bn_bias, pw1_weight, dw_weight, dw_bias, pw2_weight = ctx.saved_tensors
+        xhat, h1, rstd, bn_weight, bn_bias, pw1_weight, pw1_bias, dw_weight, dw_bias, pw2_weight = ctx.saved_tensors
         b, t, n, c = grad_out.shape
         rows = b * t * n
         cdt = xhat.dtype
         with torch.autocast(grad_out.device.type, enabled=False):
+            if h1 is None:  # recompute mode: one more matmul instead of a saved activation
+                h1 = _pw1(xhat, bn_weight, bn_bias, pw1_weight, pw1_bias)
             g = grad_out.reshape(rows, c).to(cdt).contiguous()
             w_dw = dw_weight.reshape(c, 3).float().contiguous()
             h2 = ops.dw_forward(h1, w_dw, dw_bias.float(), t, n)  # recomputed, never saved
@@ -113,6 +123,7 @@ class FusedTemporalConv(torch.autograd.Function):
             d_bdw.to(dw_bias.dtype),
             d_w2.to(pw2_weight.dtype).view_as(pw2_weight),
             d_b2.to(b2_dtype),
+            None,
             None,
             None,
             None,

@@ -34,7 +34,9 @@ def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: n
     return F.linear(y, pw2.weight.flatten(1), pw2.bias)
 
 
-def temporal_conv_fused(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+def temporal_conv_fused(
+    x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d, recompute: bool = False
+) -> Tensor:
     """The branch through the Triton kernels, with nn.BatchNorm3d's training/eval semantics.
 
     Imported lazily: Triton decides between compiled and interpreted kernels when the kernel module
@@ -56,7 +58,7 @@ def temporal_conv_fused(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Co
         with torch.autocast(device, enabled=False):
             return FusedTemporalConv.apply(
                 x, bn.weight, bn.bias, pw1.weight, pw1.bias, dw.weight, dw.bias, pw2.weight, pw2.bias,
-                mean, rstd, use_batch_stats, compute_dtype,
+                mean, rstd, use_batch_stats, compute_dtype, recompute,
             )  # fmt: skip
 
 
@@ -65,13 +67,15 @@ class TemporalConvBranch(nn.Module):
 
     impl: "auto" runs the Triton path on CUDA tensors and the reference elsewhere; "triton" forces
     the kernels (on CPU they need TRITON_INTERPRET=1); "reference" forces plain PyTorch.
+    recompute (Triton path): keep one activation for backward instead of two, for one more matmul.
     """
 
-    def __init__(self, dim: int, impl: Impl = "auto") -> None:
+    def __init__(self, dim: int, impl: Impl = "auto", recompute: bool = False) -> None:
         super().__init__()
         if impl not in ("auto", "triton", "reference"):
             raise ValueError(f"impl must be 'auto', 'triton' or 'reference', got {impl!r}")
         self.impl = impl
+        self.recompute = recompute
         self.bn = nn.BatchNorm3d(dim)
         self.pw1 = nn.Conv3d(dim, dim, kernel_size=1)
         self.dw = nn.Conv3d(dim, dim, kernel_size=(3, 1, 1), padding=(1, 0, 0), groups=dim)
@@ -81,8 +85,9 @@ class TemporalConvBranch(nn.Module):
         return self.impl == "triton" or (self.impl == "auto" and x.is_cuda)
 
     def forward(self, x: Tensor) -> Tensor:
-        branch = temporal_conv_fused if self.uses_triton(x) else temporal_conv_reference
-        return branch(x, self.bn, self.pw1, self.dw, self.pw2)
+        if self.uses_triton(x):
+            return temporal_conv_fused(x, self.bn, self.pw1, self.dw, self.pw2, self.recompute)
+        return temporal_conv_reference(x, self.bn, self.pw1, self.dw, self.pw2)
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl!r}"
+        return f"impl={self.impl!r}, recompute={self.recompute}"

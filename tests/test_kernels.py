@@ -186,6 +186,22 @@ def test_fused_saves_two_activations_eager_four() -> None:
     assert ours < eager
 
 
+def test_recompute_saves_one_activation_same_grads() -> None:
+    batch, frames, tokens, dim = 1, 8, 3, 320
+    _, fused = _pair(dim, training=True)
+    _, lean = _pair(dim, training=True)
+    lean.recompute = True
+    x = torch.randn(batch, frames, tokens, dim) + 1
+    grad = torch.randn_like(x)
+    assert saved_activation_bytes(lambda: lean(x.requires_grad_()), lean.parameters()) == x.numel() * 4 + dim * 4
+    out_a, dx_a = _run(fused, x, grad)
+    out_b, dx_b = _run(lean, x, grad)
+    assert torch.equal(out_a, out_b)
+    _assert_close(dx_b, dx_a, tol=1e-6)
+    for p_a, p_b in zip(fused.parameters(), lean.parameters(), strict=True):
+        _assert_close(p_b.grad, p_a.grad, tol=1e-6)
+
+
 def test_reference_matches_ncthw_modules_at_batch_one() -> None:
     """The reference avoids torch's CPU BatchNorm3d backward bug on mixed-layout batch-1 inputs."""
     torch.manual_seed(0)
