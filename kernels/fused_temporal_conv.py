@@ -2,8 +2,9 @@
 
 Fusion boundary (why it is drawn here):
 - BN and DW are separated by PW1, a dense C x C matmul, so they cannot share one pass over memory.
-  PW1 and PW2 stay cuBLAS matmuls (torch.addmm, tensor cores, autocast dtype): a hand-written
-  GEMM with a fused prologue would not beat them and the matmuls are compute-bound anyway.
+  PW1 and PW2 stay cuBLAS matmuls (torch.addmm, tensor cores, autocast dtype). A Triton GEMM with
+  the BN normalise as its prologue would save one more pass (writing and reading xhat) at the cost
+  of replacing cuBLAS; not done while the kernels cannot be timed on a GPU.
 - BN's affine part (gamma, beta) is folded into PW1: h1 = xhat @ (W1 * gamma)^T + (b1 + W1 @ beta).
   Only xhat = (x - mean) * rstd is materialised (Triton: one stats pass, one normalise pass). The
   mean is subtracted *before* the matmul, not folded into its bias, because a folded mean cancels

@@ -50,6 +50,7 @@ def temporal_conv_fused(
         if bn.momentum is None:  # cumulative moving average, as in torch's _BatchNorm
             momentum = 1.0 / float(bn.num_batches_tracked)
     use_batch_stats = bn.training or bn.running_mean is None
+    x = x.contiguous()  # one copy for both the stats and the normalise pass, if any
     device = x.device.type
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     # Triton launches on the current CUDA device: make it x's (a no-op on CPU).
