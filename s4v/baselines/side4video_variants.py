@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.models import create_model
+from s4v.models import PRESETS, create_model
+from s4v.models.classifier import Side4VideoClassifier
 from s4v.models.side import batchnorm_tokens, shift_cls
 
 REPRESENTATIONS = ("gap", "vit-cls", "extra-cls")
@@ -72,7 +73,7 @@ class Side4VideoVariant(nn.Module):
             raise ValueError(f"unknown temporal module {temporal!r}")
         if representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {representation!r}; choose one of {REPRESENTATIONS}")
-        preset = base_preset or f"{backbone}-light"
+        preset = base_preset or (f"{backbone}-light" if f"{backbone}-light" in PRESETS else backbone)
         self.model = _create_with_side(preset, num_classes, layers, dim, device)
         self.cls_shift = cls_shift
         self.representation = representation
@@ -120,11 +121,20 @@ class Side4VideoVariant(nn.Module):
         return s + blk.mlp(batchnorm_tokens(blk.mlp_bn, s))
 
 
+_META_TOWERS: dict[str, nn.Module] = {}
+
+
+def _frozen_tower(preset: str, device) -> nn.Module:
+    """The preset's frozen tower; meta towers are built once (EVA02-E-14 takes ~80 s even on meta)."""
+    if torch.device(device).type != "meta":
+        return create_model(preset, 1, kind="meanpool", device=device).backbone
+    if preset not in _META_TOWERS:
+        _META_TOWERS[preset] = create_model(preset, 1, kind="meanpool", device=device).backbone
+    return _META_TOWERS[preset].float()  # undo any cast a previous low-precision accounting applied
+
+
 def _create_with_side(preset: str, num_classes: int, layers: int, dim: int, device) -> nn.Module:
     """The core classifier on `preset`'s tower with a side network of `layers` x `dim`."""
-    from s4v.models import PRESETS
-    from s4v.models.classifier import Side4VideoClassifier
-
-    base = create_model(preset, num_classes, kind="meanpool", device=device)
+    backbone = _frozen_tower(preset, device)
     with torch.device(device):
-        return Side4VideoClassifier(base.backbone, dim, layers, num_classes, PRESETS[preset].head_dropout)
+        return Side4VideoClassifier(backbone, dim, layers, num_classes, PRESETS[preset].head_dropout)

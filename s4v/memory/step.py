@@ -164,7 +164,8 @@ def _nbytes(tensors) -> int:
 
 def _prepare(workload: Workload, device: torch.device, precision: Precision):
     model = workload.build(device)
-    model.to(precision.weights)
+    if precision.weights != torch.float32:  # fp32 is the build default (EVL keeps its own fp16 tower)
+        model.to(precision.weights)
     model.train()
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]

@@ -1,0 +1,141 @@
+"""Paper memory tables (2, 3, 9) reproduced: ours beside the published value, JSON + markdown + Figure-1 PNG.
+
+python benchmarks/memory.py --table 2 3            # CPU: exact accounting on meta tensors (seconds)
+python benchmarks/memory.py --table 2 --device cuda  # GPU: max_memory_allocated over real steps, beside
+                                                     # the CPU accounting of the same step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from s4v.memory.step import GiB, account_step
+from s4v.memory.tables import TABLES, markdown, measure_rows, ordering
+from s4v.memory.workloads import MethodSpec, workload
+
+FIGURE_METHODS = ("st-adapter", "aim", "evl", "dist", "ours-light", "ours")
+FIGURE_BACKBONES = {"b16": ("ViT-B/16", 86, 32), "l14": ("ViT-L/14", 304, 16), "e14": ("ViT-E/14", 4350, 16)}
+
+
+def figure(results: dict[str, list[dict]], path: Path, e14: dict | None) -> None:
+    """Memory vs backbone size (the paper's Figure 1) from Table 2's rows (+ ours-light on ViT-E/14)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in FIGURE_METHODS:
+        pts = [(FIGURE_BACKBONES[r["backbone"]][1], r["ours_gib"]) for r in results["2"] if r["name"] == method]
+        if method == "ours-light" and e14 is not None:
+            pts.append((FIGURE_BACKBONES["e14"][1], e14["ours_gib"]))
+        if pts:
+            xs, ys = zip(*sorted(pts), strict=True)
+            ax.plot(xs, ys, marker="o", label=method)
+    ax.axhline(80, color="grey", ls="--", lw=0.8)
+    ax.text(90, 81, "A100 80G", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ticks = [v[1] for v in FIGURE_BACKBONES.values()]
+    ax.set_xticks(ticks, [f"{v[0]}\n{v[1]}M" for v in FIGURE_BACKBONES.values()])
+    ax.set_ylabel("training memory (GiB)")
+    ax.set_title("Training memory vs backbone (8 frames; B: batch 32, L/E: batch 16)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def e14_point(precision: str, attention: str) -> dict:
+    """ours-light on ViT-E/14 (l = 32, d = 576) at batch 16, frozen tower in bf16 as it must be to fit."""
+    mem = account_step(workload(MethodSpec("ours-light", "e14", 16)), precision, attention)
+    return dict(
+        backbone="e14",
+        name="ours-light",
+        ours_gib=round(mem.peak / GiB, 3),
+        trainable_m=round(mem.trainable_params / 1e6, 2),
+        precision=precision,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", nargs="+", default=["2", "3"], choices=sorted(TABLES))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="amp", help="amp (the paper's reference recipe), bf16 or fp32")
+    ap.add_argument(
+        "--attention",
+        nargs="+",
+        default=["math", "flash"],
+        choices=["math", "flash"],
+        help="attention kernel(s); the first one is the headline (math = 2023-era nn.MultiheadAttention)",
+    )
+    ap.add_argument("--out", default="outputs/memory")
+    ap.add_argument("--no-figure", action="store_true")
+    ap.add_argument("--e14", action="store_true", help="add ours-light on ViT-E/14 to the figure (~2 min to build)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"settings": vars(args), "tables": {}}
+    md = []
+    t0 = time.time()
+    for table in args.table:
+        report["tables"][table] = {}
+        for attention in args.attention:
+            rows = measure_rows(TABLES[table], args.device, args.precision, attention)
+            if args.device == "cuda":  # the CPU accounting of the same step, beside the measurement
+                cpu = measure_rows(TABLES[table], "cpu", args.precision, attention)
+                for r, c in zip(rows, cpu, strict=True):
+                    r["cpu_accounting_gib"] = c["ours_gib"]
+                    r["cpu_vs_cuda"] = round(c["ours_gib"] / r["ours_gib"], 3)
+            report["tables"][table][attention] = rows
+            title = f"Table {table} ({args.device}, {args.precision}, {attention} attention)"
+            md.append(markdown(rows, title))
+            if args.device == "cuda":
+                md.append(
+                    "\n".join(
+                        [
+                            "",
+                            "| method | cuda max_memory_allocated | cpu accounting | cpu / cuda |",
+                            "|---|---:|---:|---:|",
+                        ]
+                        + [
+                            f"| {r['group']} {r['name']} | {r['ours_gib']:.2f} | "
+                            f"{r['cpu_accounting_gib']:.2f} | {r['cpu_vs_cuda']:.3f} |"
+                            for r in rows
+                        ]
+                    )
+                )
+            if table == "2":
+                for group in dict.fromkeys(r["group"] for r in rows):
+                    sub = [r for r in rows if r["group"] == group]
+                    paper, ours = ordering(sub, "paper_mem_g"), ordering(sub, "ours_gib")
+                    light = {r["name"]: r["ours_gib"] for r in sub}
+                    md.append(
+                        f"\n{group}: paper order {' > '.join(paper)}; ours {' > '.join(ours)}"
+                        f" ({'same' if paper == ours else 'differs'}); ours-light / ST-Adapter = "
+                        f"{light['ours-light'] / light['st-adapter']:.3f} (paper {8.9 / 28.8 if 'B16' in group else 15.3 / 51.4:.3f})"
+                    )
+            md.append("")
+            print(md[-2] if table != "2" else "\n".join(md[-4:]), flush=True)
+    if "2" in report["tables"] and not args.no_figure:
+        headline = args.attention[0]
+        e14 = e14_point("bf16", headline) if args.e14 else None
+        report["figure_e14"] = e14
+        figure({"2": report["tables"]["2"][headline]}, out / "figure1.png", e14)
+    report["wall_s"] = round(time.time() - t0, 1)
+    (out / "memory.json").write_text(json.dumps(report, indent=1))
+    (out / "memory.md").write_text("\n\n".join(md) + "\n")
+    print(
+        f"\nwrote {out / 'memory.json'}, {out / 'memory.md'}"
+        + ("" if args.no_figure else f", {out / 'figure1.png'}")
+        + f" in {report['wall_s']} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`s4v plan`: the largest side network and batch that fit a GPU memory budget, by exact accounting.
+
+Memory of a step is affine in the batch size (weights and optimizer states are fixed, activations
+scale with it), so two accountings (batch 1 and 2) give the line; the predicted largest batch is
+then checked by a third accounting at that batch. For each side depth (an even spread over the
+frozen layers) the widest side network that still fits `--min-batch` is found by bisection over
+the widths; the recommendation is the one with the most trainable parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+
+from s4v.memory.step import GiB, account_step
+from s4v.memory.workloads import MethodSpec, workload
+
+DIMS = (128, 192, 256, 320, 384, 448, 512, 576, 640, 768, 1024)
+TOWER_LAYERS = {"tiny": 4, "b32": 12, "b16": 12, "l14": 24, "e14": 64}
+
+
+@dataclass
+class Candidate:
+    layers: int
+    dim: int
+    max_batch: int
+    peak_gib: float  # at max_batch
+    trainable_m: float
+    per_video_gib: float
+    fixed_gib: float
+
+
+class Planner:
+    def __init__(
+        self, backbone: str, budget_gib: float, frames: int, precision: str, attention: str, num_classes: int
+    ) -> None:
+        self.backbone, self.budget, self.frames = backbone, budget_gib * GiB, frames
+        self.precision, self.attention, self.num_classes = precision, attention, num_classes
+        self.evaluations = 0
+
+    def peak(self, layers: int, dim: int, batch: int):
+        spec = MethodSpec(
+            "side4video", self.backbone, batch, self.frames, self.num_classes, options=dict(layers=layers, dim=dim)
+        )
+        self.evaluations += 1
+        return account_step(workload(spec), self.precision, self.attention)
+
+    def fit(self, layers: int, dim: int) -> Candidate:
+        one, two = self.peak(layers, dim, 1), self.peak(layers, dim, 2)
+        slope = max(two.peak - one.peak, 1)
+        fixed = one.peak - slope
+        batch = max(int((self.budget - fixed) // slope), 0)
+        peak = None
+        while batch > 2:  # confirm the prediction with a real accounting, stepping down if needed
+            peak = self.peak(layers, dim, batch).peak
+            if peak <= self.budget:
+                break
+            batch -= 1
+        if batch <= 2:
+            if two.peak <= self.budget:
+                batch, peak = 2, two.peak
+            elif one.peak <= self.budget:
+                batch, peak = 1, one.peak
+            else:
+                batch, peak = 0, one.peak
+        return Candidate(
+            layers,
+            dim,
+            batch,
+            round(peak / GiB, 3),
+            round(one.trainable_params / 1e6, 2),
+            round(slope / GiB, 4),
+            round(fixed / GiB, 3),
+        )
+
+    def widest(self, layers: int, dims: tuple[int, ...], min_batch: int) -> Candidate | None:
+        """Bisection over widths: memory grows with the width, so the fitting ones are a prefix."""
+        lo, hi, best = 0, len(dims) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = self.fit(layers, dims[mid])
+            if cand.max_batch >= min_batch:
+                best, lo = cand, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+
+def depths(tower_layers: int) -> list[int]:
+    """Side depths that spread evenly over the tower: divisors from L/8 up to L."""
+    return [n for n in range(1, tower_layers + 1) if tower_layers % n == 0 and n * 8 >= tower_layers]
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="s4v plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--gpu-mem", type=float, required=True, help="memory budget per GPU, GiB")
+    ap.add_argument("--backbone", default="b16", choices=sorted(TOWER_LAYERS))
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--min-batch", type=int, default=8, help="smallest per-GPU batch worth training with")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "amp", "fp32"])
+    ap.add_argument("--attention", default="flash", choices=["flash", "math"])
+    ap.add_argument("--num-classes", type=int, default=174)
+    ap.add_argument("--layers", type=int, nargs="*", help="side depths to consider (default: divisors >= L/8)")
+    ap.add_argument("--dims", type=int, nargs="*", default=list(DIMS))
+    ap.add_argument("--json", help="also write the candidates and the recommendation here")
+    args = ap.parse_args(argv)
+    planner = Planner(args.backbone, args.gpu_mem, args.frames, args.precision, args.attention, args.num_classes)
+    found = []
+    for layers in args.layers or depths(TOWER_LAYERS[args.backbone]):
+        cand = planner.widest(layers, tuple(sorted(args.dims)), args.min_batch)
+        if cand is not None:
+            found.append(cand)
+    print(
+        f"budget {args.gpu_mem:g} GiB, backbone {args.backbone}, {args.frames} frames, {args.precision}, "
+        f"{args.attention} attention ({planner.evaluations} accountings)"
+    )
+    print("| layers | width | trainable (M) | max batch | peak at max batch (GiB) | GiB / video | fixed GiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for c in found:
+        print(
+            f"| {c.layers} | {c.dim} | {c.trainable_m:.2f} | {c.max_batch} | {c.peak_gib:.2f} | "
+            f"{c.per_video_gib:.3f} | {c.fixed_gib:.2f} |"
+        )
+    if not found:
+        print(
+            f"nothing fits: even the narrowest side network needs more than {args.gpu_mem:g} GiB "
+            f"at batch {args.min_batch}"
+        )
+        return 1
+    best = max(found, key=lambda c: (c.trainable_m, c.max_batch))
+    print(
+        f"\nrecommended: side network l={best.layers}, d={best.dim} ({best.trainable_m:.2f} M trainable), "
+        f"batch {best.max_batch} per GPU, peak {best.peak_gib:.2f} GiB of {args.gpu_mem:g}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"settings": vars(args), "candidates": [c.__dict__ for c in found], "recommended": best.__dict__},
+                f,
+                indent=1,
+            )
+    return 0
