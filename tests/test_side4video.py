@@ -118,3 +118,19 @@ def test_bad_arguments_fail_clearly() -> None:
         create_model("tiny", 0)
     with pytest.raises(ValueError, match="needs CUDA"):
         create_model("tiny", 10, attn_backend="flash_attn")
+
+
+def test_batchnorm_on_tokens_matches_ncthw_batchnorm_at_batch_one() -> None:
+    from s4v.models.side import batchnorm_tokens
+
+    torch.manual_seed(0)
+    bn_tokens, bn_ref = torch.nn.BatchNorm3d(6), torch.nn.BatchNorm3d(6)
+    x = torch.randn(1, 3, 5, 6)
+    g = torch.randn(1, 3, 5, 6)
+    a = x.clone().requires_grad_()
+    (batchnorm_tokens(bn_tokens, a) * g).sum().backward()
+    to_ncthw = lambda t: t.permute(0, 3, 1, 2).unsqueeze(-1).contiguous()  # noqa: E731
+    b = to_ncthw(x).requires_grad_()  # plain contiguous NCTHW input and gradient
+    (bn_ref(b) * to_ncthw(g)).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad.squeeze(-1).permute(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn_tokens.running_var, bn_ref.running_var)

@@ -19,9 +19,13 @@ PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^
 
 
 def batchnorm_tokens(bn: nn.BatchNorm3d, s: Tensor) -> Tensor:
-    """BatchNorm3d over channels of (B, T, N, d) tokens (statistics over B, T and space)."""
+    """BatchNorm3d over channels of (B, T, N, d) tokens (statistics over B, T and space).
+
+    Runs on the tokens viewed as (B*T*N, d, 1, 1, 1): same statistics as NCTHW, no strided layout
+    (torch 2.14's CPU BatchNorm backward is wrong at batch 1 on the strided view; see kernels/temporal_conv.py).
+    """
     b, t, n, d = s.shape
-    return bn(s.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1).permute(0, 2, 3, 1)
+    return bn(s.reshape(b * t * n, d, 1, 1, 1)).view(b, t, n, d)
 
 
 def shift_cls(cls: Tensor) -> Tensor:
