@@ -47,9 +47,7 @@ def load_list(path: Path, root: Path) -> list[VideoRecord]:
         if not parts:
             continue
         if len(parts) not in (2, 3) or not all(p.lstrip("-").isdigit() for p in parts[1:]):
-            raise AnnotationError(
-                f"{path}:{lineno}: expected 'path label' or 'path num_frames label': {line!r}"
-            )
+            raise AnnotationError(f"{path}:{lineno}: expected 'path label' or 'path num_frames label': {line!r}")
         label = int(parts[-1])
         if label < 0:
             raise AnnotationError(f"{path}:{lineno}: negative label {label}")

@@ -8,6 +8,7 @@ Frame folders (SSv1's JPEG frames) are read with PIL.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import av
@@ -18,9 +19,15 @@ from PIL import Image
 from s4v.data.sampling import clip_indices
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
-# One per process: `VideoFrame.to_ndarray(format=...)` builds a new swscale context for every frame,
-# which costs ~6x the decoding itself on small videos.
-_REFORMATTER = VideoReformatter()
+# `VideoFrame.to_ndarray(format=...)` builds a new swscale context for every frame, which costs ~6x the
+# decoding itself on small videos: keep one per process (a context created before a DataLoader fork
+# must not be reused in the child) and without slice threads, which do not survive a fork either.
+_REFORMATTERS: dict[int, VideoReformatter] = {}
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    reformatter = _REFORMATTERS.setdefault(os.getpid(), VideoReformatter())
+    return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
 class BadVideo(Exception):
@@ -97,7 +104,7 @@ def decode_frames(path: str, indices: np.ndarray, data: bytes | None = None) -> 
             stream.thread_type = "NONE"  # loaders parallelise over videos; codec threads only add overhead
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    got[i] = _REFORMATTER.reformat(frame, format="rgb24").to_ndarray()
+                    got[i] = _to_rgb(frame)
                 if i >= last:
                     break
     except av.FFmpegError as e:

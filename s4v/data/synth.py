@@ -142,7 +142,8 @@ def make_video(label: int, rng: np.random.Generator, frames: int, size: int) -> 
 def encode_vp9(frames: np.ndarray, fps: int = FPS) -> bytes:
     """VP9 in WebM, the codec DALI's CPU decoder supports; single-threaded so output is deterministic."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format="webm") as container:
+    # bitexact: no random track UIDs or muxing date, so a seed gives byte-identical files
+    with av.open(buf, "w", format="webm", options={"fflags": "+bitexact"}) as container:
         opts = {"deadline": "realtime", "cpu-used": "8", "crf": "18", "b:v": "0", "threads": "1"}
         stream = container.add_stream("libvpx-vp9", rate=fps, options=opts)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
@@ -209,9 +210,7 @@ def generate(
     }
     for split, items in rows.items():
         (out / f"{split}.txt").write_text("".join(f"{v}.webm {label}\n" for v, label in items))
-        entries = [
-            {"id": v, "label": names[lb], "template": names[lb], "placeholders": []} for v, lb in items
-        ]
+        entries = [{"id": v, "label": names[lb], "template": names[lb], "placeholders": []} for v, lb in items]
         (out / ssv2_files[split]).write_text(json.dumps(entries, indent=1))
     (out / "something-something-v2-labels.json").write_text(
         json.dumps({n: str(i) for i, n in enumerate(names)}, indent=1)
@@ -246,9 +245,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--captions", action="store_true", help="also write MSR-VTT-style captions.json")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    meta = generate(
-        a.out, a.classes, a.videos_per_class, a.val_fraction, a.frames, a.size, a.seed, a.captions
-    )
+    meta = generate(a.out, a.classes, a.videos_per_class, a.val_fraction, a.frames, a.size, a.seed, a.captions)
     mb = sum(f.stat().st_size for f in a.out.iterdir()) / 2**20
     print(
         f"wrote {meta['train']} train + {meta['val']} val videos ({len(meta['classes'])} classes, "
