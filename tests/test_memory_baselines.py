@@ -110,3 +110,16 @@ def test_table9_directions():
     assert (
         _peak("side4video", "b16", 32, layers=12, dim=128) < base < _peak("side4video", "b16", 32, layers=12, dim=512)
     )
+
+
+def test_analytic_lower_bound_is_below_the_accounted_step():
+    from s4v.memory.analytic import lower_bound, side_shape
+
+    spec = MethodSpec("ours-light", "b16", 32)
+    wl = workload(spec)
+    bound = lower_bound(side_shape(wl.build(torch.device("meta"))), 32, 8, "amp")
+    mem = account_step(wl, "amp", "flash")
+    assert bound["side_weights"] == bound["side_grads"] == mem.trainable_weights == mem.grads
+    assert bound["frozen_weights"] == mem.frozen_weights
+    assert bound["frozen_features"] < mem.saved_activations
+    assert 0.5 * mem.peak < bound["total"] < mem.peak

@@ -67,6 +67,7 @@ class Side4VideoVariant(nn.Module):
         representation: str = "gap",
         device: str | torch.device = "cpu",
         base_preset: str | None = None,
+        temporal_impl: str = "reference",
     ) -> None:
         super().__init__()
         if temporal not in ("conv", "attention"):
@@ -74,7 +75,9 @@ class Side4VideoVariant(nn.Module):
         if representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {representation!r}; choose one of {REPRESENTATIONS}")
         preset = base_preset or (f"{backbone}-light" if f"{backbone}-light" in PRESETS else backbone)
-        self.model = _create_with_side(preset, num_classes, layers, dim, device)
+        # "reference" (eager PyTorch) by default: the same ops on meta and on CUDA, so accounting and
+        # measurement compare like for like; "auto" picks the fused Triton branch on CUDA.
+        self.model = _create_with_side(preset, num_classes, layers, dim, device, temporal_impl)
         self.cls_shift = cls_shift
         self.representation = representation
         if temporal == "attention":
@@ -133,8 +136,8 @@ def _frozen_tower(preset: str, device) -> nn.Module:
     return _META_TOWERS[preset].float()  # undo any cast a previous low-precision accounting applied
 
 
-def _create_with_side(preset: str, num_classes: int, layers: int, dim: int, device) -> nn.Module:
+def _create_with_side(preset: str, num_classes: int, layers: int, dim: int, device, temporal_impl: str) -> nn.Module:
     """The core classifier on `preset`'s tower with a side network of `layers` x `dim`."""
     backbone = _frozen_tower(preset, device)
     with torch.device(device):
-        return Side4VideoClassifier(backbone, dim, layers, num_classes, PRESETS[preset].head_dropout)
+        return Side4VideoClassifier(backbone, dim, layers, num_classes, PRESETS[preset].head_dropout, temporal_impl)

@@ -13,10 +13,12 @@ import argparse
 import json
 from dataclasses import dataclass
 
+import torch
+
 from s4v.memory.step import GiB, account_step
 from s4v.memory.workloads import MethodSpec, workload
 
-DIMS = (128, 192, 256, 320, 384, 448, 512, 576, 640, 768, 1024)
+DIMS = (128, 192, 256, 320, 384, 448, 512, 576, 640, 768, 896, 1024)
 TOWER_LAYERS = {"tiny": 4, "b32": 12, "b16": 12, "l14": 24, "e14": 64}
 
 
@@ -38,6 +40,14 @@ class Planner:
         self.backbone, self.budget, self.frames = backbone, budget_gib * GiB, frames
         self.precision, self.attention, self.num_classes = precision, attention, num_classes
         self.evaluations = 0
+        self.verbose = False
+
+    def trainable_m(self, layers: int, dim: int) -> float:
+        spec = MethodSpec(
+            "side4video", self.backbone, 1, self.frames, self.num_classes, options=dict(layers=layers, dim=dim)
+        )
+        model = workload(spec).build(torch.device("meta"))
+        return round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2)
 
     def peak(self, layers: int, dim: int, batch: int):
         spec = MethodSpec(
@@ -47,32 +57,48 @@ class Planner:
         return account_step(workload(spec), self.precision, self.attention)
 
     def fit(self, layers: int, dim: int) -> Candidate:
-        one, two = self.peak(layers, dim, 1), self.peak(layers, dim, 2)
-        slope = max(two.peak - one.peak, 1)
-        fixed = one.peak - slope
-        batch = max(int((self.budget - fixed) // slope), 0)
-        peak = None
-        while batch > 2:  # confirm the prediction with a real accounting, stepping down if needed
-            peak = self.peak(layers, dim, batch).peak
-            if peak <= self.budget:
+        known: dict[int, int] = {}
+
+        def probe(batch: int) -> int:
+            if batch not in known:
+                known[batch] = self.peak(layers, dim, batch).peak
+            return known[batch]
+
+        # The line through batches 2 and 4 (at batch 1 the peak can sit in the optimizer step instead),
+        # then secant steps while the prediction does not fit, then an exact search of the edge.
+        slope = max((probe(4) - probe(2)) / 2, 1.0)
+        fixed = known[2] - 2 * slope
+        guess = int((self.budget - fixed) // slope)
+        for _ in range(4):
+            if guess <= 4 or probe(guess) <= self.budget:
                 break
-            batch -= 1
-        if batch <= 2:
-            if two.peak <= self.budget:
-                batch, peak = 2, two.peak
-            elif one.peak <= self.budget:
-                batch, peak = 1, one.peak
+            slope = (known[guess] - known[4]) / (guess - 4)
+            guess = 4 + int((self.budget - known[4]) // slope)
+        lo = max((b for b, p in known.items() if p <= self.budget), default=0)
+        hi = min((b for b, p in known.items() if p > self.budget), default=None)
+        if lo == 0 and (hi is None or hi > 1):
+            lo = 1 if probe(1) <= self.budget else 0
+            hi = hi if lo else 1
+        while hi is None or lo + 1 < hi:
+            mid = lo + 1 if hi is None else (lo + hi) // 2
+            if probe(mid) <= self.budget:
+                lo = mid
             else:
-                batch, peak = 0, one.peak
-        return Candidate(
+                hi = mid
+        batch = lo
+        peak = known[batch] if batch else known[min(known)]
+        cand = Candidate(
             layers,
             dim,
             batch,
             round(peak / GiB, 3),
-            round(one.trainable_params / 1e6, 2),
+            self.trainable_m(layers, dim),
             round(slope / GiB, 4),
             round(fixed / GiB, 3),
         )
+        if self.verbose:
+            print(f"  l={layers:<3d} d={dim:<4d} max batch {batch:<4d} ({cand.peak_gib:.2f} GiB)", flush=True)
+        return cand
 
     def widest(self, layers: int, dims: tuple[int, ...], min_batch: int) -> Candidate | None:
         """Bisection over widths: memory grows with the width, so the fitting ones are a prefix."""
@@ -88,8 +114,9 @@ class Planner:
 
 
 def depths(tower_layers: int) -> list[int]:
-    """Side depths that spread evenly over the tower: divisors from L/8 up to L."""
-    return [n for n in range(1, tower_layers + 1) if tower_layers % n == 0 and n * 8 >= tower_layers]
+    """Side depths that spread evenly over the tower: divisors of L from L/8 to L/2 (and L for small towers)."""
+    found = [n for n in range(1, tower_layers // 2 + 1) if tower_layers % n == 0 and n * 8 >= tower_layers]
+    return found + [tower_layers] if tower_layers <= 24 else found
 
 
 def cli(argv: list[str]) -> int:
@@ -99,7 +126,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--gpu-mem", type=float, required=True, help="memory budget per GPU, GiB")
     ap.add_argument("--backbone", default="b16", choices=sorted(TOWER_LAYERS))
     ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--min-batch", type=int, default=8, help="smallest per-GPU batch worth training with")
+    ap.add_argument("--min-batch", type=int, default=16, help="smallest per-GPU batch worth training with")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "amp", "fp32"])
     ap.add_argument("--attention", default="flash", choices=["flash", "math"])
     ap.add_argument("--num-classes", type=int, default=174)
@@ -108,6 +135,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--json", help="also write the candidates and the recommendation here")
     args = ap.parse_args(argv)
     planner = Planner(args.backbone, args.gpu_mem, args.frames, args.precision, args.attention, args.num_classes)
+    planner.verbose = True
     found = []
     for layers in args.layers or depths(TOWER_LAYERS[args.backbone]):
         cand = planner.widest(layers, tuple(sorted(args.dims)), args.min_batch)

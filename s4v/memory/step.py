@@ -204,10 +204,10 @@ def account_step(
         sum(p.numel() for p in trainable),
         sum(p.numel() for p in params if not p.requires_grad),
     )
-    opt = make_optimizer(trainable, precision)
     live = LiveMemory()
     with live:
         live.track(*params, *model.buffers())
+        opt = make_optimizer(trainable, precision)  # inside: fp32 master copies are allocations too
         inputs = workload.inputs(device)
         live.track(*inputs)
         train_step(workload, model, inputs, opt, precision, attention)

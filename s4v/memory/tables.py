@@ -10,8 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
+
+from s4v.memory.analytic import lower_bound, side_shape
 from s4v.memory.step import GiB, account_step, measure_cuda_step
 from s4v.memory.workloads import MethodSpec, workload  # noqa: F401  (MethodSpec: rows)
+
+SIDE4VIDEO = ("ours", "ours-light", "side4video")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,9 @@ def measure_rows(rows: Iterable[Row], device: str, precision: str, attention: st
                 else account_step(wl, precision, attention)
             )
             cache[key] = mem.as_dict()
+            if s.method in SIDE4VIDEO:
+                shape = side_shape(wl.build(torch.device("meta")))
+                cache[key]["lower_bound"] = lower_bound(shape, s.batch, s.frames, precision)["total"]
         m = cache[key]
         ours = m["peak"] / GiB
         out.append(
@@ -114,6 +122,7 @@ def measure_rows(rows: Iterable[Row], device: str, precision: str, attention: st
                 paper_mem_g=row.paper_mem_g,
                 ours_gib=round(ours, 3),
                 accounted_gib=round(m["accounted"] / GiB, 3) if device != "cuda" else None,
+                lower_bound_gib=round(m["lower_bound"] / GiB, 3) if "lower_bound" in m else None,
                 ratio=round(ours / row.paper_mem_g, 3) if row.paper_mem_g else None,
                 trainable_m=round(m["trainable_params"] / 1e6, 2),
                 paper_tp_m=row.paper_tp_m,
@@ -140,16 +149,17 @@ def markdown(results: list[dict], title: str) -> str:
     lines = [
         f"### {title}",
         "",
-        "| group | method | TP (M) | paper TP | paper (G) | ours (GiB) | ratio |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| group | method | TP (M) | paper TP | paper (G) | ours (GiB) | ratio | saved (GiB) | bound (GiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         paper_tp = "" if r["paper_tp_m"] is None else f"{r['paper_tp_m']:g}"
         paper = "" if r["paper_mem_g"] is None else f"{r['paper_mem_g']:.1f}"
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        bound = "" if r["lower_bound_gib"] is None else f"{r['lower_bound_gib']:.2f}"
         lines.append(
             f"| {r['group']} | {r['name']} | {r['trainable_m']:.2f} | {paper_tp} | {paper} | "
-            f"{r['ours_gib']:.2f} | {ratio} |"
+            f"{r['ours_gib']:.2f} | {ratio} | {r['breakdown_gib']['saved_activations']:.2f} | {bound} |"
         )
     return "\n".join(lines)
 

@@ -77,7 +77,9 @@ def _build(spec: MethodSpec, device: torch.device) -> nn.Module:
         # Hook for the retrieval model (issue 7): the core factory, d = 320, token-wise matching.
         from s4v.models import create_retrieval_model
 
-        return create_retrieval_model(spec.backbone, device=device, **spec.options)
+        return create_retrieval_model(
+            spec.backbone, device=device, **dict(dict(temporal_impl="reference"), **spec.options)
+        )
     return build_baseline(m, spec.backbone, spec.num_classes, spec.frames, device)
 
 
