@@ -83,12 +83,15 @@ def test_dali_cpu_and_pyav_agree_on_the_synthetic_set(tmp_path):
         assert np.abs(pyav.astype(int) - dali.astype(int)).mean() < 4
 
 
-def test_auto_backend_uses_pyav_for_h264_on_cpu(videos):
-    def pick(path):
-        return resolve_backend(DataConfig(root="/"), [VideoRecord(path, 0)])
+def test_h264_on_cpu_goes_to_pyav(videos):
+    def pick(path, backend="auto", device="cpu"):
+        return resolve_backend(DataConfig(root="/", backend=backend, device=device), [VideoRecord(path, 0)])
 
-    assert pick(videos["vp9"]) == "dali" and pick(videos["mjpeg"]) == "dali"
-    assert pick(videos["h264"]) == "pyav"
+    assert pick(videos["h264"]) == "pyav" and pick(videos["vp9"]) == "pyav"  # auto on CPU: worker processes
+    assert pick(videos["h264"], device="cuda") == "dali"  # GPU: NVDEC reads H.264
+    assert pick(videos["vp9"], "dali") == "dali" and pick(videos["mjpeg"], "dali") == "dali"
+    with pytest.raises(ValueError, match="cannot read h264"):
+        pick(videos["h264"], "dali")
     clip = read_clip(videos["h264"], 8, backend="pyav")  # PyAV decodes what DALI's CPU decoder cannot
     np.testing.assert_array_equal(_frame_numbers(clip), clip_indices(N_FRAMES, 8, "segment"))
     with pytest.raises(RuntimeError):  # DALI CPU refuses H.264: the reason for the fallback

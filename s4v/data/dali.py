@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CPU_CODECS = ("vp8", "vp9", "mjpeg")
+CPU_CODECS = ("vp8", "vp9", "mjpeg")  # PyAV codec names; DALI itself is imported lazily
 
 
 def _build(batch_size: int, num_threads: int, device_id: int | None):
