@@ -127,3 +127,24 @@ def test_dali_decoder_recovers_after_a_failed_batch(videos):
         dec.decode([good, b"\x00" * 512], [np.arange(4), np.arange(4)])
     (clip,) = dec.decode([good], [np.array([5, 1])])
     np.testing.assert_array_equal(_frame_numbers(clip.numpy()), [5, 1])
+
+
+def test_ssv1_jpeg_frame_folders(tmp_path):
+    from PIL import Image
+
+    from s4v.data import DataConfig, build_loader
+
+    frames = _numbered_frames()
+    for vid in ("101", "102"):
+        (tmp_path / vid).mkdir()
+        for k, f in enumerate(frames):
+            Image.fromarray(f).save(tmp_path / vid / f"{k + 1:05d}.jpg", quality=95)
+    np.testing.assert_array_equal(
+        _frame_numbers(read_clip(str(tmp_path / "101"), 8)), clip_indices(N_FRAMES, 8, "segment")
+    )
+    (tmp_path / "something-something-v1-labels.csv").write_text("Holding something\nDropping something\n")
+    (tmp_path / "val.csv").write_text("101;Dropping something\n102;Holding something\n")
+    cfg = DataConfig(root=str(tmp_path), fmt="ssv1", val_list="val.csv", num_frames=8, image_size=32, num_workers=0)
+    ld = build_loader(cfg, "val")
+    (batch,) = list(ld)
+    assert ld.backend == "pyav" and batch["video"].shape == (2, 8, 3, 32, 32) and batch["label"].tolist() == [1, 0]
