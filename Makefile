@@ -12,9 +12,15 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/s4v info --preset tiny b16-light b16 l14-light l14
-	$(PY) -c "import torch; from s4v.models import create_model; m = create_model('tiny', 8); \
-	loss = m(torch.randn(2, 8, 3, 64, 64)).logsumexp(-1).mean(); loss.backward(); print('forward/backward ok', float(loss))"
+	@mkdir -p runs/demo && date +%s > runs/demo/started
+	$(VENV)/bin/s4v synth --out data/synth
+	$(VENV)/bin/deepspeed --num_gpus 1 --master_port $$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
+		launch/train.py --ds ds_configs/cpu.json --config configs/synth_tiny.yaml
+	$(VENV)/bin/deepspeed --num_gpus 1 --master_port $$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
+		launch/train.py --ds ds_configs/cpu.json --config configs/synth_tiny.yaml model.kind=meanpool train.out_dir=runs/demo/meanpool
+	$(PY) launch/eval.py --checkpoint runs/demo/side4video/final --views 3x2
+	$(PY) launch/eval.py --checkpoint runs/demo/meanpool/final --views 3x2
+	$(PY) -m s4v.train.report runs/demo/side4video runs/demo/meanpool --expect --since $$(cat runs/demo/started)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

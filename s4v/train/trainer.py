@@ -11,7 +11,6 @@ import random
 import resource
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +98,9 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     barrier()
 
-    data_cfg = cfg.data
-    train_loader = build_loader(data_cfg, "train", dist.rank, dist.world_size, cfg.train.seed)
-    val_loader = build_loader(replace(data_cfg), "val", dist.rank, dist.world_size, cfg.train.seed)
-    plan = plan_batch(cfg.optim, data_cfg.batch_size, dist.world_size)
+    train_loader = build_loader(cfg.data, "train", dist.rank, dist.world_size, cfg.train.seed)
+    val_loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
+    plan = plan_batch(cfg.optim, cfg.data.batch_size, dist.world_size)
     steps_per_epoch = len(train_loader) // plan.accumulation
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_loader)} micro-batches per epoch < {plan.accumulation} accumulation steps")
