@@ -162,3 +162,26 @@ def test_too_small_split_is_a_clear_error(tmp_path):
     root = _list_dataset(tmp_path, 3)
     with pytest.raises(ValueError, match="no full batch"):
         build_loader(_cfg(root, batch_size=4), "train")
+
+
+def test_batch_dali_rejects_is_decoded_by_pyav_instead(synth, tmp_path, caplog):
+    """A video that probes fine but that DALI's CPU decoder refuses (here H.264) does not kill the run."""
+    import av
+
+    root = tmp_path / "mixed"
+    shutil.copytree(synth, root)
+    frames = np.zeros((16, 32, 32, 3), np.uint8)
+    frames[:, 8:24, 8:24] = 200
+    with av.open(str(root / "7.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("".join(("7.mp4 0" if ln == "7.webm 0" else ln) + "\n" for ln in lines))
+    ld = build_loader(_cfg(root, backend="dali", num_workers=1), "train")
+    with caplog.at_level(logging.WARNING, logger="s4v.data"):
+        batches = list(ld)
+    assert ld.bad_videos == [] and sum(len(b["index"]) for b in batches) == 24
+    assert any("decoding it with PyAV" in r.getMessage() for r in caplog.records)
