@@ -255,7 +255,7 @@ class VideoLoader:
             decoded = self._dali.decode([p.data for p in preps], [p.frames for p in preps])
         except Exception as e:  # a video DALI rejects although it probed fine: find it with PyAV
             lines = str(e).splitlines() or [repr(e)]
-            reason = next((ln for ln in lines if ".cc:" in ln), lines[-1])  # DALI's own reason line
+            reason = next((ln for ln in lines if "ailed" in ln), lines[-1])  # DALI: "Assert ... failed: <why>"
             log.warning("DALI failed on a batch (%s); decoding it with PyAV", reason.strip())
             decoded, kept = [], []
             for p in preps:
