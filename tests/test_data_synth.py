@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,13 @@ def test_default_set_files_size_and_speed(tmp_path):
     assert len(caps["videos"]) == 480 and len(caps["sentences"]) == 960
     first = caps["sentences"][0]["caption"]
     assert any(c in first for c in ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange"))
+    from s4v.data.captions import load_caption_split
+
+    train = load_caption_split("msrvtt", tmp_path, "captions_train.csv", "captions.json")
+    test = load_caption_split("msrvtt", tmp_path, "captions_test.csv", "captions.json")
+    assert len(train.records) == 8 * 48 and all(len(c) == 2 for c in train.captions)
+    assert len(test.records) == 8 * 12 and all(len(c) == 1 for c in test.captions)
+    assert all(Path(r.path).is_file() for r in train.records + test.records)
 
 
 def test_rejects_unpaired_class_count():

@@ -127,6 +127,11 @@ def load_split(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[str
     """Records of `split` ("train" | "val") and the class names of the dataset."""
     root = Path(cfg.root)
     ann = _resolve(root, cfg.train_list if split == "train" else cfg.val_list)
+    if cfg.fmt in ("msrvtt", "msvd", "vatex"):  # retrieval: "classes" are the video ids, label = video index
+        from s4v.data.captions import load_caption_split
+
+        captions = load_caption_split(cfg.fmt, root, ann, cfg.class_file)
+        return captions.records, captions.video_ids
     classes = _resolve(root, cfg.class_file)
     if cfg.fmt == "ssv2":
         return load_ssv2(ann, root, classes or root / "something-something-v2-labels.json")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 # OpenAI CLIP statistics: every backbone here (CLIP, EVA-CLIP) was pre-trained with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+FORMATS = ("list", "ssv1", "ssv2", "k400", "msrvtt", "msvd", "vatex")
 
 
 @dataclass
@@ -21,7 +22,7 @@ class DataConfig:
     root: str
     train_list: str = "train.txt"
     val_list: str = "val.txt"
-    fmt: str = "list"  # "list" | "ssv1" | "ssv2" | "k400"
+    fmt: str = "list"  # "list" | "ssv1" | "ssv2" | "k400"; retrieval: "msrvtt" | "msvd" | "vatex"
     class_file: str | None = None  # classes.txt / labels json or csv; None: the format's default
     num_frames: int = 8
     image_size: int = 64
@@ -42,8 +43,8 @@ class DataConfig:
     video_ext: str = ".mp4"  # file extension of Kinetics videos (ssv2: .webm)
 
     def __post_init__(self) -> None:
-        if self.fmt not in ("list", "ssv1", "ssv2", "k400"):
-            raise ValueError(f"fmt must be list|ssv1|ssv2|k400, got {self.fmt!r}")
+        if self.fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {'|'.join(FORMATS)}, got {self.fmt!r}")
         if self.sampling not in ("segment", "dense"):
             raise ValueError(f"sampling must be segment|dense, got {self.sampling!r}")
         if self.backend not in ("auto", "dali", "pyav"):

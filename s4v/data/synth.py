@@ -197,10 +197,10 @@ def generate(
             (out / f"{vid}.webm").write_bytes(encode_vp9(video))
             rows[split].append((str(vid), label))
             if captions:
-                msrvtt["videos"].append({"video_id": f"video{vid}", "id": vid, "split": split})
+                msrvtt["videos"].append({"video_id": str(vid), "id": vid, "split": split})
                 for text in caption(label, motion):
                     msrvtt["sentences"].append(
-                        {"caption": text, "video_id": f"video{vid}", "sen_id": len(msrvtt["sentences"])}
+                        {"caption": text, "video_id": str(vid), "sen_id": len(msrvtt["sentences"])}
                     )
             vid += 1
     (out / "classes.txt").write_text("".join(f"{n}\n" for n in names))
@@ -215,8 +215,14 @@ def generate(
     (out / "something-something-v2-labels.json").write_text(
         json.dumps({n: str(i) for i, n in enumerate(names)}, indent=1)
     )
-    if captions:
+    if captions:  # MSR-VTT's layout: data json, a train csv, a JSFUSION-style test csv (first caption)
         (out / "captions.json").write_text(json.dumps(msrvtt, indent=1))
+        (out / "captions_train.csv").write_text("video_id\n" + "".join(f"{v}\n" for v, _ in rows["train"]))
+        first = {e["video_id"]: e["caption"] for e in reversed(msrvtt["sentences"])}
+        (out / "captions_test.csv").write_text(
+            "key,vid_key,video_id,sentence\n"
+            + "".join(f"ret{i},msr{v},{v},{first[v]}\n" for i, (v, _) in enumerate(rows["val"]))
+        )
     meta = {
         "classes": names,
         "videos_per_class": videos_per_class,
