@@ -65,6 +65,8 @@ def test_side4video_variant_defaults_are_the_core_model():
     variant = Side4VideoVariant("tiny", layers=4, dim=64, num_classes=5).eval()
     video = torch.randn(2, 8, 3, 64, 64)
     torch.testing.assert_close(variant(video), variant.model.eval()(video), rtol=0, atol=0)
+    variant.fusion = "eager"  # the reference code's Linear(LayerNorm(Z)): same function, more saved memory
+    torch.testing.assert_close(variant(video), variant.model(video), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -85,15 +87,15 @@ def test_side4video_variants_train(options):
 
 
 def test_table2_claims_at_paper_scale():
-    """ours-light / ST-Adapter <= 0.35 at B/16 batch 32, and Table 2's order where it is not a near tie."""
+    """Table 2's order at both backbones (ours as the paper's reference code, eager fusion), and
+    ours-light / ST-Adapter <= 0.35 at B/16 batch 32 for the reference code and for this project's model."""
     for backbone, batch in (("b16", 32), ("l14", 16)):
-        m = {name: _peak(name, backbone, batch) for name in ("st-adapter", "aim", "evl", "dist", "ours-light", "ours")}
+        m = {name: _peak(name, backbone, batch) for name in ("st-adapter", "aim", "evl", "dist")}
+        m.update({name: _peak(name, backbone, batch, fusion="eager") for name in ("ours-light", "ours")})
+        assert m["aim"] > m["st-adapter"] > m["ours"] > m["evl"] > m["dist"] > m["ours-light"], m
         if backbone == "b16":
             assert m["ours-light"] / m["st-adapter"] <= 0.35
-        assert m["aim"] > m["st-adapter"] > max(m["ours"], m["evl"])
-        assert min(m["ours"], m["evl"]) > m["dist"] > m["ours-light"]
-        if backbone == "l14":
-            assert m["ours"] > m["evl"]  # at B/16 the two are within 8 % and swap (see the benchmark notes)
+            assert _peak("ours-light", backbone, batch) / m["st-adapter"] <= 0.35
 
 
 def test_table3_order():

@@ -6,7 +6,9 @@ Options (defaults are the paper's choices and reproduce `Side4VideoClassifier` e
 - cls_shift: shift the frozen [CLS] channels across adjacent frames before it joins K / V (Table 9c);
 - representation: "gap" over patch tokens, "vit-cls" (the Down-projected frozen [CLS] carried as a
   side token, fused like the patches) or "extra-cls" (a learnable side token), Table 9d;
-- layers / dim of the side network (Tables 9e, 9f).
+- layers / dim of the side network (Tables 9e, 9f);
+- fusion: the core's `NormDown` (keeps only Z for backward) or the reference code's eager
+  `Linear(LayerNorm(Z))` (also keeps the normalised features), to compare with the paper's numbers.
 """
 
 from __future__ import annotations
@@ -68,10 +70,14 @@ class Side4VideoVariant(nn.Module):
         device: str | torch.device = "cpu",
         base_preset: str | None = None,
         temporal_impl: str = "reference",
+        fusion: str = "normdown",
     ) -> None:
         super().__init__()
         if temporal not in ("conv", "attention"):
             raise ValueError(f"unknown temporal module {temporal!r}")
+        if fusion not in ("normdown", "eager"):
+            raise ValueError(f"unknown fusion {fusion!r}; choose 'normdown' or 'eager'")
+        self.fusion = fusion
         if representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {representation!r}; choose one of {REPRESENTATIONS}")
         preset = base_preset or (f"{backbone}-light" if f"{backbone}-light" in PRESETS else backbone)
@@ -108,7 +114,9 @@ class Side4VideoVariant(nn.Module):
 
     def _block(self, blk: nn.Module, s: Tensor, frozen: Tensor, pos: Tensor, with_cls: bool, first: bool) -> Tensor:
         b, t, _, d = s.shape
-        z = blk.fuse(frozen).view(b, t, -1, d)
+        # "eager" is the reference code's Linear(LayerNorm(Z)): it also keeps the normalised copy for backward.
+        fuse = blk.fuse
+        z = (fuse(frozen) if self.fusion == "normdown" else fuse.down(fuse.norm(frozen))).view(b, t, -1, d)
         if self.representation == "gap":
             s = 0.5 * s + 0.5 * z[:, :, 1:]
         elif self.representation == "vit-cls":

@@ -124,17 +124,25 @@ def cli(argv: list[str]) -> int:
         prog="s4v plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--gpu-mem", type=float, required=True, help="memory budget per GPU, GiB")
+    ap.add_argument(
+        "--reserve",
+        type=float,
+        default=0.0,
+        help="GiB kept free for what the allocator does not count: CUDA context (~0.5), DeepSpeed "
+        "buckets, fragmentation (e.g. 1.0)",
+    )
     ap.add_argument("--backbone", default="b16", choices=sorted(TOWER_LAYERS))
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--min-batch", type=int, default=16, help="smallest per-GPU batch worth training with")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "amp", "fp32"])
     ap.add_argument("--attention", default="flash", choices=["flash", "math"])
     ap.add_argument("--num-classes", type=int, default=174)
-    ap.add_argument("--layers", type=int, nargs="*", help="side depths to consider (default: divisors >= L/8)")
+    ap.add_argument("--layers", type=int, nargs="*", help="side depths (default: divisors of L in [L/8, L/2])")
     ap.add_argument("--dims", type=int, nargs="*", default=list(DIMS))
     ap.add_argument("--json", help="also write the candidates and the recommendation here")
     args = ap.parse_args(argv)
-    planner = Planner(args.backbone, args.gpu_mem, args.frames, args.precision, args.attention, args.num_classes)
+    budget = args.gpu_mem - args.reserve
+    planner = Planner(args.backbone, budget, args.frames, args.precision, args.attention, args.num_classes)
     planner.verbose = True
     found = []
     for layers in args.layers or depths(TOWER_LAYERS[args.backbone]):
@@ -142,8 +150,8 @@ def cli(argv: list[str]) -> int:
         if cand is not None:
             found.append(cand)
     print(
-        f"budget {args.gpu_mem:g} GiB, backbone {args.backbone}, {args.frames} frames, {args.precision}, "
-        f"{args.attention} attention ({planner.evaluations} accountings)"
+        f"budget {budget:g} GiB ({args.gpu_mem:g} - reserve {args.reserve:g}), backbone {args.backbone}, "
+        f"{args.frames} frames, {args.precision}, {args.attention} attention ({planner.evaluations} accountings)"
     )
     print("| layers | width | trainable (M) | max batch | peak at max batch (GiB) | GiB / video | fixed GiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -153,15 +161,12 @@ def cli(argv: list[str]) -> int:
             f"{c.per_video_gib:.3f} | {c.fixed_gib:.2f} |"
         )
     if not found:
-        print(
-            f"nothing fits: even the narrowest side network needs more than {args.gpu_mem:g} GiB "
-            f"at batch {args.min_batch}"
-        )
+        print(f"nothing fits: even the narrowest side network needs more than {budget:g} GiB at batch {args.min_batch}")
         return 1
     best = max(found, key=lambda c: (c.trainable_m, c.max_batch))
     print(
         f"\nrecommended: side network l={best.layers}, d={best.dim} ({best.trainable_m:.2f} M trainable), "
-        f"batch {best.max_batch} per GPU, peak {best.peak_gib:.2f} GiB of {args.gpu_mem:g}"
+        f"batch {best.max_batch} per GPU, peak {best.peak_gib:.2f} GiB of {budget:g}"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -26,6 +26,10 @@ class Row:
     spec: MethodSpec
     paper_mem_g: float | None
     paper_tp_m: float | None = None
+    extra: bool = False  # not one of the paper's rows (kept out of the order comparison and the figure)
+
+
+REFERENCE = {"fusion": "eager"}  # the paper measured its reference code: eager Linear(LayerNorm(Z)) fusion
 
 
 def _t2() -> list[Row]:
@@ -49,10 +53,13 @@ def _t2() -> list[Row]:
         },
     }
     for backbone, batch in (("b16", 32), ("l14", 16)):
+        group = f"ViT-{backbone.upper()} batch {batch}"
         for method, (mem, tp) in paper[backbone].items():
-            rows.append(
-                Row(f"ViT-{backbone.upper()} batch {batch}", method, MethodSpec(method, backbone, batch), mem, tp)
-            )
+            options = REFERENCE if method.startswith("ours") else {}
+            rows.append(Row(group, method, MethodSpec(method, backbone, batch, options=options), mem, tp))
+        for method in ("ours-light", "ours"):  # this project's model: NormDown keeps only Z for backward
+            mem, tp = paper[backbone][method]
+            rows.append(Row(group, f"{method} (s4v)", MethodSpec(method, backbone, batch), mem, tp, extra=True))
     return rows
 
 
@@ -115,6 +122,7 @@ def measure_rows(rows: Iterable[Row], device: str, precision: str, attention: st
             dict(
                 group=row.group,
                 name=row.name,
+                extra=row.extra,
                 method=row.spec.label,
                 backbone=row.spec.backbone,
                 batch=row.spec.batch,
@@ -165,5 +173,5 @@ def markdown(results: list[dict], title: str) -> str:
 
 
 def ordering(results: list[dict], key: str) -> list[str]:
-    """Method names from most to least memory by `key` ('paper_mem_g' or 'ours_gib')."""
-    return [r["name"] for r in sorted(results, key=lambda r: -r[key])]
+    """The paper's methods from most to least memory by `key` ('paper_mem_g' or 'ours_gib')."""
+    return [r["name"] for r in sorted(results, key=lambda r: -r[key]) if not r.get("extra")]
