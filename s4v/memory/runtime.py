@@ -120,6 +120,16 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, s
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     shape = q.shape
     q4, k4, v4 = (t.reshape(-1, *t.shape[-3:]) if t.dim() >= 4 else t.unsqueeze(1) for t in (q, k, v))
+    if q.device.type == "cpu":  # real CPU tensors: PyTorch's CPU flash kernel (also keeps out + log-sum-exp)
+        mask = (
+            None
+            if attn_mask is None
+            else attn_mask.reshape(-1, *attn_mask.shape[-3:])
+            if attn_mask.dim() >= 4
+            else attn_mask
+        )
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q4, k4, v4, attn_mask=mask, scale=scale)[0]
+        return out.reshape(*shape[:-1], v.shape[-1])
     flash_ok = attn_mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0
     if flash_ok and q.shape[-1] <= 256:
         out = torch.ops.aten._scaled_dot_product_flash_attention(q4, k4, v4, scale=scale)[0]

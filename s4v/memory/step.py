@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +76,6 @@ class StepMemory:
     saved_count: int = 0
     inputs: int = 0
     peak: int = 0  # LiveMemory peak on meta, torch.cuda.max_memory_allocated on CUDA
-    extra: dict = field(default_factory=dict)
 
     @property
     def accounted(self) -> int:
