@@ -74,7 +74,7 @@ PAPER_LIGHT_OVER_ST = {"b16": 8.9 / 28.8, "l14": 15.3 / 51.4}
 
 def with_s4v(rows: list[dict]) -> list[dict]:
     """The six paper rows with ours replaced by this project's model (the "(s4v)" rows)."""
-    s4v = {r["name"].removesuffix(" (s4v)"): r for r in rows if r["extra"]}
+    s4v = {r["name"].removesuffix(" (s4v)"): r for r in rows if r["name"].endswith(" (s4v)")}
     return [dict(s4v.get(r["name"], r), name=r["name"], extra=False) for r in rows if not r["extra"]]
 
 

@@ -37,6 +37,12 @@ def test_only_new_modules_get_gradients(name):
             assert p.grad is not None, pname
 
 
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baselines_build_entirely_on_the_requested_device(name):
+    model = build_baseline(name, TINY, num_classes=5, device="meta")
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+
+
 @pytest.mark.parametrize(
     ("method", "backbone", "paper_m"),
     [

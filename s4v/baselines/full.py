@@ -15,7 +15,8 @@ class FullFinetune(nn.Module):
     def __init__(self, backbone: str, num_classes: int, num_frames: int = 8, device="cpu") -> None:
         super().__init__()
         self.visual = build_visual(backbone, device)
-        self.head = VideoHead(self.visual.output_dim, num_classes, num_frames)
+        with torch.device(device):
+            self.head = VideoHead(self.visual.output_dim, num_classes, num_frames)
 
     def forward(self, video: Tensor) -> Tensor:
         return self.head(self.visual(video.flatten(0, 1).to(self.visual.conv1.weight.dtype)))

@@ -60,6 +60,8 @@ def _t2() -> list[Row]:
         for method in ("ours-light", "ours"):  # this project's model: NormDown keeps only Z for backward
             mem, tp = paper[backbone][method]
             rows.append(Row(group, f"{method} (s4v)", MethodSpec(method, backbone, batch), mem, tp, extra=True))
+        for method in ("full", "frozen-meanpool"):  # context: not in the paper's table
+            rows.append(Row(group, method, MethodSpec(method, backbone, batch), None, extra=True))
     return rows
 
 
@@ -174,4 +176,5 @@ def markdown(results: list[dict], title: str) -> str:
 
 def ordering(results: list[dict], key: str) -> list[str]:
     """The paper's methods from most to least memory by `key` ('paper_mem_g' or 'ours_gib')."""
-    return [r["name"] for r in sorted(results, key=lambda r: -r[key]) if not r.get("extra")]
+    rows = [r for r in results if not r.get("extra")]
+    return [r["name"] for r in sorted(rows, key=lambda r: -r[key])]
