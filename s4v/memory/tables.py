@@ -78,7 +78,7 @@ def _t3() -> list[Row]:
 
 def _t9() -> list[Row]:
     def ours(**options) -> MethodSpec:
-        return MethodSpec("side4video", "b16", 32, options=dict(dict(layers=12, dim=320), **options))
+        return MethodSpec("side4video", "b16", 32, options=dict(dict(layers=12, dim=320, **REFERENCE), **options))
 
     return [
         Row("(b) temporal module", "attention", ours(temporal="attention"), 20.4),
