@@ -95,3 +95,16 @@ def test_text_eot_token_equals_open_clip_encode_text() -> None:
         feats, mask, eot = model.text(tokens)
         torch.testing.assert_close(feats[0, eot[0]], clip.encode_text(tokens)[0], rtol=1e-5, atol=1e-5)
     assert mask.sum().item() == eot.item() + 1
+
+
+def test_text_tower_accepts_captions_shorter_than_its_context() -> None:
+    torch.manual_seed(0)
+    model = create_retrieval_model("tiny", kind="meanpool")
+    tokens = open_clip.get_tokenizer("s4v-tiny-vit")(["a red circle"])  # context 32
+    feats, mask, eot = model.text(tokens)
+    short, short_mask, short_eot = model.text(tokens[:, :16])
+    # causal attention: the first 16 positions do not depend on what comes after them
+    torch.testing.assert_close(short, feats[:, :16], rtol=1e-5, atol=1e-5)
+    assert short_eot.item() == eot.item()
+    with pytest.raises(ValueError, match="context length"):
+        model.text(torch.zeros(1, 40, dtype=torch.long))

@@ -86,14 +86,15 @@ class VideoTextRetrieval(nn.Module):
     def encode_video(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> L2-normalised frame embeddings (B, T, E)."""
         b, t = video.shape[:2]
+        dtype = self.visual_proj.weight.dtype
         if self.side is None:
             x = self.backbone.embed(video.flatten(0, 1))
             for index in range(len(self.backbone.blocks)):
                 x = self.backbone.block(index, x)
-            frame = self.backbone.pool(x, project=False).float()
+            frame = self.backbone.pool(x, project=False).to(dtype)
         else:
             s, x = self.side(video, self.backbone)
-            frame = self.up(s.mean(2)).flatten(0, 1) + self.backbone.pool(x, project=False).float()
+            frame = self.up(s.mean(2)).flatten(0, 1) + self.backbone.pool(x, project=False).to(dtype)
         return F.normalize(self.visual_proj(frame).view(b, t, -1), dim=-1)
 
     def encode_text(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:

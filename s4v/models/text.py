@@ -29,8 +29,11 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Tokenizer ids (B, L) -> token features (B, L, E), validity mask (B, L), EOT position (B,)."""
-        x = self.token_embedding(tokens) + self.positional_embedding
-        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))
+        n = tokens.shape[1]  # the recipe's 32-token captions use the first 32 positions of CLIP's 77
+        if n > self.context_length:
+            raise ValueError(f"{n} text tokens exceed the text tower's context length {self.context_length}")
+        x = self.token_embedding(tokens) + self.positional_embedding[:n]
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
         proj = self.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         eot = tokens.argmax(dim=-1)  # the CLIP tokenizer's EOT id is its largest id
