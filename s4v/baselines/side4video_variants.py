@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from s4v.models import PRESETS, create_model
 from s4v.models.classifier import Side4VideoClassifier
-from s4v.models.side import batchnorm_tokens, shift_cls
+from s4v.models.side import batchnorm_tokens
 
 REPRESENTATIONS = ("gap", "vit-cls", "extra-cls")
 
@@ -40,19 +40,6 @@ class TemporalAttention(nn.Module):
         q, k, v = self.in_proj(x).view(b * n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, t, d)
         return self.out_proj(out.transpose(1, 2))
-
-
-def _attention(attn: nn.Module, s: Tensor, cls: Tensor, shift: bool) -> Tensor:
-    """The core block's [CLS]-shift attention (queries: all side tokens), with the shift optional."""
-    b, t, n, d = s.shape
-    kv_cls = shift_cls(cls) if shift else cls
-    x = attn.norm(torch.cat([kv_cls.unsqueeze(2), s], dim=2)).reshape(b * t, n + 1, d)
-    w_q, w_kv = attn.in_proj.weight.split([d, 2 * d])
-    b_q, b_kv = attn.in_proj.bias.split([d, 2 * d])
-    q = F.linear(x[:, 1:], w_q, b_q).view(b * t, n, attn.heads, -1).transpose(1, 2)
-    k, v = F.linear(x, w_kv, b_kv).view(b * t, n + 1, 2, attn.heads, -1).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, n, d)
-    return attn.out_proj(out)
 
 
 class Side4VideoVariant(nn.Module):
@@ -84,7 +71,8 @@ class Side4VideoVariant(nn.Module):
         # "reference" (eager PyTorch) by default: the same ops on meta and on CUDA, so accounting and
         # measurement compare like for like; "auto" picks the fused Triton branch on CUDA.
         self.model = _create_with_side(preset, num_classes, layers, dim, device, temporal_impl)
-        self.cls_shift = cls_shift
+        for blk in self.model.side.blocks:
+            blk.attn.shift = cls_shift
         self.representation = representation
         if temporal == "attention":
             with torch.device(device):
@@ -128,7 +116,7 @@ class Side4VideoVariant(nn.Module):
         s = s + blk.temporal(s)
         if with_cls:
             pos = torch.cat([pos.new_zeros(1, d), pos], dim=0)
-        s = s + _attention(blk.attn, s + pos, z[:, :, 0], self.cls_shift)
+        s = s + blk.attn(s + pos, z[:, :, 0])
         return s + blk.mlp(batchnorm_tokens(blk.mlp_bn, s))
 
 

@@ -48,16 +48,18 @@ def interval_layers(vit_layers: int, side_layers: int) -> list[int]:
 class ClsShiftAttention(nn.Module):
     """Spatial self-attention whose queries are patch tokens and keys/values also see the shifted [CLS]."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, shift: bool = True) -> None:
         super().__init__()
         self.heads = heads
+        self.shift = shift  # False: the unshifted [CLS] (Table 9c's ablation)
         self.norm = nn.LayerNorm(dim)
         self.in_proj = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, s: Tensor, cls: Tensor) -> Tensor:
         b, t, n, d = s.shape
-        x = self.norm(torch.cat([shift_cls(cls).unsqueeze(2), s], dim=2)).reshape(b * t, n + 1, d)
+        kv_cls = shift_cls(cls) if self.shift else cls
+        x = self.norm(torch.cat([kv_cls.unsqueeze(2), s], dim=2)).reshape(b * t, n + 1, d)
         w_q, w_kv = self.in_proj.weight.split([d, 2 * d])
         b_q, b_kv = self.in_proj.bias.split([d, 2 * d])
         q = F.linear(x[:, 1:], w_q, b_q).view(b * t, n, self.heads, -1).transpose(1, 2)
