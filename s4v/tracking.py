@@ -43,6 +43,7 @@ class Tracker:
         system_metrics: bool = True,
         system_metrics_interval: float = 10.0,
         run_id: str | None = None,
+        resume_only: bool = False,
     ) -> None:
         self.active = False
         self.run_id: str | None = None
@@ -69,6 +70,8 @@ class Tracker:
                     run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
                 except Exception:
                     run = None
+            if run is None and resume_only:
+                return
             if run is None:
                 run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
             self.run_id = run.info.run_id

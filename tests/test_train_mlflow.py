@@ -140,6 +140,28 @@ def test_run_contents_on_real_server(synth: Path, server: str, tmp_path: Path) -
     local = client.download_artifacts(run.info.run_id, "final/eval.json", str(tmp_path))
     assert '"top1"' in Path(local).read_text()
 
+    # launch/eval.py adds its multi-view report to the same run.
+    e = subprocess.run(
+        [
+            sys.executable,
+            "launch/eval.py",
+            "--checkpoint",
+            str(tmp_path / "run" / "final"),
+            "--views",
+            "1x2",
+            f"tracking.uri={server}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert e.returncode == 0, e.stderr[-3000:]
+    run = client.get_run(run.info.run_id)
+    assert 0 <= run.data.metrics["eval_1x2/top1"] <= run.data.metrics["eval_1x2/top5"] <= 1
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "eval_1x2")}
+    assert {"eval_1x2/eval.json", "eval_1x2/eval_confusion.png"} <= arts
+    assert len(client.search_runs([exp.experiment_id])) == 1
+
 
 def test_unreachable_server_does_not_stop_training(synth: Path, tmp_path: Path) -> None:
     r = _train(synth, tmp_path / "run", f"http://127.0.0.1:{_port()}")

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from s4v.config import load_config
+from s4v.config import Config, load_config
 from s4v.data import build_loader
+from s4v.tracking import Tracker
 from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
 from s4v.train.checkpoint import load_trainable
 from s4v.train.distributed import init_distributed
@@ -64,4 +65,20 @@ def evaluate_checkpoint(
         report_dir = Path(out) if out else directory / f"eval_{crops}x{clips}"
         js, png = write_report(metrics, report_dir, "eval")
         print(f"[s4v] {cfg.model.kind} {directory}: {summary(metrics)}\n[s4v] report: {js}, {png}", flush=True)
+        _track(cfg, meta, metrics, report_dir)
     return metrics
+
+
+def _track(cfg: Config, meta: dict[str, Any], metrics: dict[str, Any], report_dir: Path) -> None:
+    """Add the multi-view result to the training run's MLflow run (when the store still has it)."""
+    run_id = meta.get("mlflow_run_id")
+    if not (cfg.tracking.enabled and run_id):
+        return
+    tracker = Tracker(
+        True, cfg.tracking.uri, cfg.tracking.experiment, system_metrics=False, run_id=run_id, resume_only=True
+    )
+    prefix = f"eval_{metrics['views']}"
+    keys = ("top1", "top5", "mean_class_accuracy")
+    tracker.log_metrics({f"{prefix}/{k}": metrics[k] for k in keys}, meta.get("step"))
+    tracker.log_artifacts(report_dir, prefix)
+    tracker.finish()

@@ -11,6 +11,7 @@ import random
 import resource
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     barrier()
 
+    if cfg.data.device == "cuda":  # GPU decoding (NVDEC) lands on this rank's GPU
+        cfg = replace(cfg, data=replace(cfg.data, device=str(dist.device)))
     train_loader = build_loader(cfg.data, "train", dist.rank, dist.world_size, cfg.train.seed)
     val_loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
     plan = plan_batch(cfg.optim, cfg.data.batch_size, dist.world_size)

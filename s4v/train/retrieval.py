@@ -1,0 +1,99 @@
+"""Text-video retrieval as a training task: one caption per video and step, symmetric InfoNCE, R@K eval.
+
+The video loader is shared with recognition (its batch "label" is the video's index in the split);
+captions come from the dataset's annotation files and are tokenised here with open_clip's tokenizer.
+Caption choice draws from `default_rng([seed, epoch, video])`, so a resumed run sees the same pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+
+from s4v.data.captions import CaptionSplit, load_caption_split
+from s4v.data.config import DataConfig
+from s4v.metrics.retrieval import retrieval_metrics
+from s4v.models.backbone import BACKBONES
+from s4v.models.matching import blockwise_similarity
+from s4v.models.retrieval import VideoTextRetrieval, symmetric_info_nce
+from s4v.train.distributed import all_gather_objects
+
+
+def load_captions(cfg: DataConfig, split: str) -> CaptionSplit:
+    return load_caption_split(cfg.fmt, cfg.root, cfg.train_list if split == "train" else cfg.val_list, cfg.class_file)
+
+
+class CaptionTokens:
+    """Tokenised captions of one split, and the deterministic per-step caption draw for training."""
+
+    def __init__(self, captions: CaptionSplit, backbone: str, context_length: int, seed: int) -> None:
+        self.captions, self.seed = captions, seed
+        self.tokenizer = open_clip.get_tokenizer(BACKBONES[backbone], context_length=context_length)
+
+    def sample(self, videos: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One caption per video of the batch (videos: indices into the split)."""
+        texts = []
+        for v in videos.tolist():
+            options = self.captions.captions[v]
+            texts.append(options[np.random.default_rng([self.seed, epoch, v]).integers(len(options))])
+        return self.tokenizer(texts)
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every caption of the split (test protocol) and the video index of each."""
+        texts, owner = self.captions.flat()
+        return self.tokenizer(texts), torch.tensor(owner)
+
+
+def retrieval_loss(engine: Any, video: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return symmetric_info_nce(engine(video, tokens).float())
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: VideoTextRetrieval,
+    batches: Iterable[dict],
+    tokens: CaptionTokens,
+    dtype: torch.dtype,
+    device: torch.device,
+    block: int = 256,
+) -> dict[str, Any]:
+    """Collective: each rank encodes its videos, every rank gets all of them, rank 0's metrics are returned.
+
+    Views (crops x clips) are averaged per frame embedding. The similarity matrix is computed block by block.
+    """
+    was_training = model.training
+    model.eval()
+    idx, frames = [], []
+    for batch in batches:
+        video = batch["video"]
+        views = video.shape[1] if video.dim() == 6 else 1
+        flat = video.flatten(0, 1) if views > 1 else video
+        f = model.encode_video(flat.to(device, dtype)).float()
+        frames.append(torch.nn.functional.normalize(f.view(video.shape[0], views, *f.shape[1:]).mean(1), dim=-1))
+        idx.append(batch["label"].cpu())
+    parts = [p for p in all_gather_objects((idx, [f.cpu() for f in frames])) if p[0]]
+    order = torch.cat([i for p in parts for i in p[0]])
+    video_emb = torch.cat([f for p in parts for f in p[1]])[order.argsort()]
+    text_tokens, owner = tokens.all()
+    feats, mask, eot = [], [], []
+    for chunk in text_tokens.split(block):
+        t, m, e = model.encode_text(chunk.to(device))
+        feats.append(t.float().cpu())
+        mask.append(m.cpu())
+        eot.append(e.cpu())
+    sim = blockwise_similarity(model.matching, torch.cat(feats), torch.cat(mask), torch.cat(eot), video_emb, block)
+    model.train(was_training)
+    metrics = retrieval_metrics(sim, owner)
+    return metrics | {"num_videos": int(video_emb.shape[0]), "num_captions": int(len(owner))}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    return (
+        f"t2v R@1 {metrics['t2v_R@1']:.1f} R@5 {metrics['t2v_R@5']:.1f} R@10 {metrics['t2v_R@10']:.1f} "
+        f"MdR {metrics['t2v_MdR']:.1f} | v2t R@1 {metrics['v2t_R@1']:.1f} R@5 {metrics['v2t_R@5']:.1f} "
+        f"({metrics['num_captions']} captions, {metrics['num_videos']} videos)"
+    )
