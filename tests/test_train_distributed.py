@@ -159,3 +159,24 @@ def test_eval_multiview_report(runs: dict[str, Path]) -> None:
     in_training = json.loads((final / "eval.json").read_text())
     standalone = json.loads((final / "eval_1x1" / "eval.json").read_text())
     assert standalone["confusion_matrix"] == in_training["confusion_matrix"]
+    # Sharded over 2 ranks and gathered: the same predictions as one process.
+    out = runs["root"] / "eval-2ranks"
+    _run(
+        [
+            DEEPSPEED,
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(_port()),
+            "launch/eval.py",
+            "--checkpoint",
+            str(final),
+            "--views",
+            "3x2",
+            "--out",
+            str(out),
+        ]
+    )
+    sharded = json.loads((out / "eval.json").read_text())
+    assert sharded["num_videos"] == report["num_videos"]
+    assert sharded["confusion_matrix"] == report["confusion_matrix"]
