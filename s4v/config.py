@@ -25,11 +25,14 @@ from s4v.data.config import DataConfig
 class ModelConfig:
     """Which preset (paper Table 1) and model kind; the frozen tower's weights from a local file."""
 
+    task: str = "recognition"  # "recognition" | "retrieval" (text-video; presets from RETRIEVAL_PRESETS)
     preset: str = "tiny"
-    kind: str = "side4video"  # "side4video" | "meanpool" (order-invariant frozen-[CLS] probe)
+    kind: str = "side4video"  # "side4video" | "meanpool" (order-invariant frozen-[CLS] probe / CLIP4Clip frozen)
     checkpoint: str | None = None  # open_clip / EVA-CLIP weights file; None: random init (seeded)
     attn_backend: str = "sdpa"
     dropout: float | None = None  # head dropout; None: the preset's value
+    matching: str = "token"  # retrieval: "token" (token-wise, DRL/FILIP) | "global" (mean-pooled)
+    text_length: int = 32  # retrieval: caption tokens
 
 
 @dataclass
@@ -37,6 +40,7 @@ class OptimConfig:
     """Training recipe (paper Table 12). `batch_size` is the *global* batch; DeepSpeed gets the split."""
 
     lr: float = 1e-3
+    clip_lr: float | None = None  # retrieval: lr of the pretrained CLIP parts (recipe 1e-7); None: lr
     batch_size: int = 128
     epochs: int = 30
     warmup_epochs: float = 4.0

@@ -26,7 +26,8 @@ class Temperature(nn.Module):
 
     def __init__(self, logit_scale: Tensor) -> None:
         super().__init__()
-        self.logit_scale = nn.Parameter(logit_scale.detach().clone())
+        # shape (1,), not a scalar: DeepSpeed's broadcast views parameters as bytes, which 0-dim tensors refuse
+        self.logit_scale = nn.Parameter(logit_scale.detach().clone().reshape(1))
 
     def forward(self, sim: Tensor) -> Tensor:
         return self.logit_scale.exp().clamp(max=100) * sim

@@ -5,20 +5,30 @@ from __future__ import annotations
 import torch
 
 from s4v.config import Config
-from s4v.models import PRESETS, create_model
+from s4v.models import PRESETS, RETRIEVAL_PRESETS, create_model, create_retrieval_model
 from s4v.models.classifier import VideoClassifier
 
 
 def build_model(cfg: Config, num_classes: int, device: torch.device) -> VideoClassifier:
     """Seeded build: a random-init tower (no weights file) is the same on every rank and in eval."""
-    preset = PRESETS.get(cfg.model.preset)
+    presets = RETRIEVAL_PRESETS if cfg.model.task == "retrieval" else PRESETS
+    preset = presets.get(cfg.model.preset)
     if preset is None:
-        raise ValueError(f"unknown preset {cfg.model.preset!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown {cfg.model.task} preset {cfg.model.preset!r}; choose one of {sorted(presets)}")
     if cfg.data.image_size != preset.image_size:
         raise ValueError(
             f"data.image_size={cfg.data.image_size} but preset {cfg.model.preset!r} expects {preset.image_size}"
         )
     torch.manual_seed(cfg.train.seed)
+    if cfg.model.task == "retrieval":
+        return create_retrieval_model(
+            cfg.model.preset,
+            kind=cfg.model.kind,
+            matching=cfg.model.matching,
+            checkpoint=cfg.model.checkpoint,
+            attn_backend=cfg.model.attn_backend,
+            device=device,
+        )
     return create_model(
         cfg.model.preset,
         num_classes=num_classes,

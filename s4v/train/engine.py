@@ -45,8 +45,8 @@ class TrainableView(nn.Module):
                 "in separate children of the model"
             )
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.full(video)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.full(*inputs)
 
 
 def _fp32_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +148,14 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
     return factor
 
 
-def build_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only (weight decay on all of them, as in the reference)."""
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (weight decay on all of them, as in the reference).
+
+    A model with pretrained trainable parts (retrieval: CLIP text tower, projection) gets two groups.
+    """
+    params = model.trainable_parameters()
+    if optim.clip_lr is not None and hasattr(model, "parameter_groups"):
+        params = model.parameter_groups(optim.clip_lr, optim.lr)
     return torch.optim.AdamW(
         params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, foreach=False
     )
@@ -168,7 +174,7 @@ def build_engine(
     view = TrainableView(model)
     if dtype != torch.float32:
         keep_batchnorm_fp32(view)
-    optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     total = max(1, cfg.optim.epochs * steps_per_epoch)
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     min_ratio = cfg.optim.min_lr / cfg.optim.lr if cfg.optim.lr else 0.0

@@ -15,7 +15,7 @@ from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
 from s4v.train.checkpoint import load_trainable
 from s4v.train.distributed import init_distributed
 from s4v.train.engine import TrainableView, keep_batchnorm_fp32
-from s4v.train.evaluate import classification_metrics, gather_predictions, predict, summary, write_report
+from s4v.train.tasks import make_task
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,7 +43,8 @@ def evaluate_checkpoint(
     compute = DTYPES[dtype or ("fp32" if dist.device.type == "cpu" else "fp16")]
 
     loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
-    if loader.num_classes != meta["num_classes"]:
+    task = make_task(cfg)
+    if cfg.model.task == "recognition" and loader.num_classes != meta["num_classes"]:
         raise ValueError(f"validation set has {loader.num_classes} classes, checkpoint {meta['num_classes']}")
     model = build_model(cfg, meta["num_classes"], dist.device)
     check_fingerprint(meta["backbone_fingerprint"], backbone_fingerprint(model))
@@ -56,20 +57,18 @@ def evaluate_checkpoint(
         keep_batchnorm_fp32(view)
     model.eval()
 
-    idx, labels, probs = predict(lambda v: model(v.to(dist.device)), loader, compute)
-    labels, probs = gather_predictions(idx, labels, probs)
-    metrics = classification_metrics(labels, probs, list(loader.classes))
-    metrics["views"] = f"{crops}x{clips}"
+    metrics = task.evaluate(model, model, loader, loader, compute, dist.device)
     metrics["checkpoint"] = str(directory)
     if dist.is_main:
         report_dir = Path(out) if out else directory / f"eval_{crops}x{clips}"
-        js, png = write_report(metrics, report_dir, "eval")
-        print(f"[s4v] {cfg.model.kind} {directory}: {summary(metrics)}\n[s4v] report: {js}, {png}", flush=True)
-        _track(cfg, meta, metrics, report_dir)
+        files = task.write_report(metrics, report_dir, "eval")
+        report = ", ".join(str(f) for f in files)
+        print(f"[s4v] {cfg.model.kind} {directory}: {task.summary(metrics)}\n[s4v] report: {report}", flush=True)
+        _track(cfg, meta, task.tracked(metrics), metrics["views"], report_dir)
     return metrics
 
 
-def _track(cfg: Config, meta: dict[str, Any], metrics: dict[str, Any], report_dir: Path) -> None:
+def _track(cfg: Config, meta: dict[str, Any], metrics: dict[str, float], views: str, report_dir: Path) -> None:
     """Add the multi-view result to the training run's MLflow run (when the store still has it)."""
     run_id = meta.get("mlflow_run_id")
     if not (cfg.tracking.enabled and run_id):
@@ -77,8 +76,7 @@ def _track(cfg: Config, meta: dict[str, Any], metrics: dict[str, Any], report_di
     tracker = Tracker(
         True, cfg.tracking.uri, cfg.tracking.experiment, system_metrics=False, run_id=run_id, resume_only=True
     )
-    prefix = f"eval_{metrics['views']}"
-    keys = ("top1", "top5", "mean_class_accuracy")
-    tracker.log_metrics({f"{prefix}/{k}": metrics[k] for k in keys}, meta.get("step"))
+    prefix = f"eval_{views}"
+    tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, meta.get("step"))
     tracker.log_artifacts(report_dir, prefix)
     tracker.finish()

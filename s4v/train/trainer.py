@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from s4v.config import Config, flatten, to_dict
 from s4v.data import build_loader
@@ -26,7 +25,7 @@ from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.distributed import all_reduce_mean, barrier, init_distributed
 from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
-from s4v.train.evaluate import classification_metrics, gather_predictions, predict, summary, write_report
+from s4v.train.tasks import make_task
 
 
 def rng_isolated(batches: Iterable[dict]) -> Iterator[dict]:
@@ -54,17 +53,6 @@ def seed_rank(seed: int, rank: int) -> None:
     torch.manual_seed(seed + 1000003 * rank)
     np.random.seed((seed + 1000003 * rank) % 2**32)
     random.seed(seed + 1000003 * rank)
-
-
-def evaluate_engine(engine: Any, loader: Any, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    """Collective: each rank predicts its shard, rank 0 receives all predictions."""
-    engine.eval()
-    idx, labels, probs = predict(lambda v: engine(v.to(device)), rng_isolated(loader), dtype)
-    engine.train()
-    labels, probs = gather_predictions(idx, labels, probs)
-    metrics = classification_metrics(labels, probs, list(loader.classes))
-    metrics["views"] = f"{loader.cfg.test_crops}x{loader.cfg.test_clips}"
-    return metrics
 
 
 class StepLog:
@@ -110,6 +98,7 @@ def train(
     ds = resolve_ds_config(load_ds_config(ds_path, ds_overrides), cfg, plan)
     dtype = compute_dtype(ds)
 
+    task = make_task(cfg)
     model = build_model(cfg, train_loader.num_classes, dist.device)
     fingerprint = backbone_fingerprint(model)
     engine, view = build_engine(model, cfg, ds, dist, steps_per_epoch)
@@ -198,14 +187,12 @@ def train(
             )
         loss_sum = torch.zeros((), dtype=torch.float64)
         t_step = time.perf_counter()
-        lr = engine.get_lr()[0]
+        lr = engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
         for micro, batch in enumerate(rng_isolated(train_loader.iter_from(start)), start):
             if micro >= micro_per_epoch or step >= max_steps:
                 break
             video = batch["video"].to(dist.device, dtype, non_blocking=True)
-            label = batch["label"].to(dist.device)
-            logits = engine(video)
-            loss = F.cross_entropy(logits.float(), label, label_smoothing=cfg.optim.label_smoothing)
+            loss = task.loss(engine, video, batch, epoch)
             engine.backward(loss)
             engine.step()
             loss_sum += loss.detach().double().cpu()
@@ -226,7 +213,7 @@ def train(
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
                 bar.update(1)
             loss_sum.zero_()
-            lr = engine.get_lr()[0]
+            lr = engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
             t_step = time.perf_counter()
             every = cfg.train.ckpt_every_steps
             if every and step % every == 0 and micro + 1 < micro_per_epoch:
@@ -240,36 +227,24 @@ def train(
         save({"epoch": epoch + 1, "batch": 0, "step": step})
         ev = cfg.train.eval_every_epochs
         if ev and ((epoch + 1) % ev == 0 or epoch + 1 == cfg.optim.epochs):
-            last_eval = evaluate_engine(engine, val_loader, dtype, dist.device)
+            last_eval = task.evaluate(engine, model, rng_isolated(val_loader), val_loader, dtype, dist.device)
             if dist.is_main:
                 name = f"epoch_{epoch + 1:03d}"
-                write_report(last_eval, eval_dir, name)
-                print(f"[s4v] eval after epoch {epoch + 1}: {summary(last_eval)}", flush=True)
-                tracker.log_metrics(
-                    {
-                        "val/top1": last_eval["top1"],
-                        "val/top5": last_eval["top5"],
-                        "val/mean_class_accuracy": last_eval["mean_class_accuracy"],
-                    },
-                    step,
-                )
+                task.write_report(last_eval, eval_dir, name)
+                print(f"[s4v] eval after epoch {epoch + 1}: {task.summary(last_eval)}", flush=True)
+                tracker.log_metrics({f"val/{k}": v for k, v in task.tracked(last_eval).items()}, step)
 
     result: dict[str, Any] = {"steps": step, "wall_s": time.perf_counter() - t_start, "eval": last_eval}
     if dist.is_main:
         final = ckpt.export_trainable(view, out / "final", cfg, {**meta, "step": step})
         if last_eval is not None:
-            write_report(last_eval, final, "eval")
+            task.write_report(last_eval, final, "eval")
         tracker.log_metrics({"train/wall_s": result["wall_s"]}, step)
         tracker.log_artifacts(final, "final")
         tracker.finish()
         (out / "result.json").write_text(
             json.dumps(
-                {k: v for k, v in result.items() if k != "eval"}
-                | {
-                    "top1": last_eval["top1"] if last_eval else None,
-                    "top5": last_eval["top5"] if last_eval else None,
-                    "chance": last_eval["chance"] if last_eval else None,
-                },
+                {k: v for k, v in result.items() if k != "eval"} | task.headline(last_eval),
                 indent=2,
             )
         )
