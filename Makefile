@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint
+.PHONY: demo retrieval-demo test lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: $(STAMP)
 	$(PY) launch/eval.py --checkpoint runs/demo/side4video/final --views 3x2
 	$(PY) launch/eval.py --checkpoint runs/demo/meanpool/final --views 3x2
 	$(PY) -m s4v.train.report runs/demo/side4video runs/demo/meanpool --expect --since $$(cat runs/demo/started)
+
+# Text-video retrieval on the synthetic captions: Side4Video vs CLIP4Clip with a frozen tower, same recipe.
+retrieval-demo: $(STAMP)
+	$(VENV)/bin/s4v synth --out data/synth --captions
+	for kind in side4video meanpool; do \
+		$(VENV)/bin/deepspeed --num_gpus 1 --master_port $$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
+			launch/train.py --ds ds_configs/cpu.json --config configs/synth_retrieval_tiny.yaml \
+			model.kind=$$kind train.out_dir=runs/retrieval/$$kind || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
