@@ -71,6 +71,7 @@ def test_retrieval_model_trains_text_side_and_projection_only(kind: str) -> None
         assert model.up.weight.grad.abs().sum() > 0
     groups = model.parameter_groups(1e-7, 1e-4)
     assert sum(len(g["params"]) for g in groups) == len(model.trainable_parameters())
+    assert [g["lr"] for g in groups] == ([1e-7, 1e-4] if kind == "side4video" else [1e-7])  # no empty group
 
 
 def test_retrieval_model_starts_from_clip_zero_shot_frames() -> None:

@@ -82,7 +82,8 @@ class VideoTextRetrieval(nn.Module):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (clip if name.startswith(CLIP_MODULE_PREFIXES) else new).append(p)
-        return [{"params": clip, "lr": clip_lr}, {"params": new, "lr": new_lr}]
+        groups = [{"params": clip, "lr": clip_lr}, {"params": new, "lr": new_lr}]
+        return [g for g in groups if g["params"]]  # CLIP4Clip-frozen has no new module
 
     def encode_video(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> L2-normalised frame embeddings (B, T, E)."""
