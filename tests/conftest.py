@@ -1,8 +1,23 @@
 """Test-wide setup. TRITON_INTERPRET must be set before any Triton kernel module is imported."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault(
     "MLFLOW_TRACKING_URI", "sqlite:///" + os.path.join(os.environ.get("TMPDIR", "/tmp"), "s4v-test-mlflow.db")
 )
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic set (4 classes x 12 videos of 8 frames, with captions), written once per session."""
+    out = tmp_path_factory.mktemp("synth")
+    args = ["--out", str(out), "--classes", "4", "--videos-per-class", "12", "--frames", "8", "--captions"]
+    subprocess.run([sys.executable, "-m", "s4v.cli", "synth", *args], check=True, cwd=REPO, capture_output=True)
+    return out

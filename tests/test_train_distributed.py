@@ -24,31 +24,6 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "s4v.cli",
-            "synth",
-            "--out",
-            str(out),
-            "--classes",
-            "4",
-            "--videos-per-class",
-            "12",
-            "--frames",
-            "8",
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
-    return out
-
-
 def _args(synth: Path, out: Path, micro: int, kind: str = "side4video") -> list[str]:
     return [
         "launch/train.py",

@@ -23,31 +23,6 @@ def _port() -> int:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "s4v.cli",
-            "synth",
-            "--out",
-            str(out),
-            "--classes",
-            "4",
-            "--videos-per-class",
-            "12",
-            "--frames",
-            "8",
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     port = _port()

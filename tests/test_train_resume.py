@@ -11,35 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "s4v.cli",
-            "synth",
-            "--out",
-            str(out),
-            "--classes",
-            "4",
-            "--videos-per-class",
-            "12",
-            "--frames",
-            "8",
-        ],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
-    return out
 
 
 def _cmd(synth: Path, out: Path, *extra: str) -> list[str]:

@@ -41,10 +41,14 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     from s4v.config import load_config
+    from s4v.train.distributed import shutdown_distributed
     from s4v.train.trainer import train
 
     run, ds = split_overrides(args.overrides)
-    result = train(load_config(args.config, run), args.ds, ds, args.resume)
+    try:
+        result = train(load_config(args.config, run), args.ds, ds, args.resume)
+    finally:
+        shutdown_distributed()
     return 0 if result["steps"] > 0 else 1
 
 
@@ -62,7 +66,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides, e.g. data.root=...")
     args = p.parse_args(argv)
+    from s4v.train.distributed import shutdown_distributed
     from s4v.train.eval_job import evaluate_checkpoint
 
-    evaluate_checkpoint(args.checkpoint, args.views, args.overrides, args.out, args.dtype)
+    try:
+        evaluate_checkpoint(args.checkpoint, args.views, args.overrides, args.out, args.dtype)
+    finally:
+        shutdown_distributed()
     return 0

@@ -67,6 +67,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown_distributed() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits.
+
+    Without it a rank that finishes first can leave its peer's communication threads to be destroyed
+    at interpreter exit, which aborts that peer ("terminate called without an active exception").
+    """
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def all_gather_objects(obj: object) -> list[object]:
     """Every rank's `obj`, in rank order (pickled through the process group; small payloads only)."""
     import torch.distributed as tdist
