@@ -112,7 +112,7 @@ def test_meanpool_probe_is_order_invariant() -> None:
 
 
 def test_bad_arguments_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown recognition preset"):
         create_model("b99", 10)
     with pytest.raises(ValueError, match="num_classes"):
         create_model("tiny", 0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from s4v.models.backbone import BACKBONES, FrozenBackbone, build_clip
+from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
 from s4v.models.retrieval import VideoTextRetrieval
 
@@ -46,6 +46,14 @@ RETRIEVAL_PRESETS: dict[str, Preset] = {
 }
 
 
+def _checked_preset(presets: dict[str, Preset], preset: str, kind: str, task: str) -> Preset:
+    if preset not in presets:
+        raise ValueError(f"unknown {task} preset {preset!r}; choose one of {sorted(presets)}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
+    return presets[preset]
+
+
 def create_model(
     preset: str,
     num_classes: int,
@@ -58,14 +66,9 @@ def create_model(
     dropout: float | None = None,
 ) -> VideoClassifier:
     """Build a recognition model on a frozen tower; weights of the tower from a local file if given."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
+    p = _checked_preset(PRESETS, preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    p = PRESETS[preset]
-    assert p.backbone in BACKBONES
     clip = build_clip(p.backbone, checkpoint, device)
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype)
     with torch.device(device):
@@ -86,11 +89,7 @@ def create_retrieval_model(
     temporal_impl: str = "auto",
 ) -> VideoTextRetrieval:
     """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower."""
-    if preset not in RETRIEVAL_PRESETS:
-        raise ValueError(f"unknown retrieval preset {preset!r}; choose one of {sorted(RETRIEVAL_PRESETS)}")
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
-    p = RETRIEVAL_PRESETS[preset]
+    p = _checked_preset(RETRIEVAL_PRESETS, preset, kind, "retrieval")
     clip = build_clip(p.backbone, checkpoint, device)
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype)
     side_dim, side_layers = (p.side_dim, p.side_layers) if kind == "side4video" else (None, None)
