@@ -24,7 +24,7 @@ from s4v.data.annotations import AnnotationError, VideoRecord
 
 CAPTION_FORMATS = ("msrvtt", "msvd", "vatex")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")
-DEFAULT_CAPTION_FILES = {"msrvtt": "MSRVTT_data.json", "msvd": "raw-captions.pkl", "vatex": None}
+DEFAULT_CAPTION_FILES = {"msrvtt": "MSRVTT_data.json", "msvd": "raw-captions.pkl"}  # VATEX: captions in the split
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         return list(reader)
 
 
-def _msrvtt(root: Path, split_file: Path, data_file: Path) -> tuple[list[str], list[list[str]]]:
+def _msrvtt(split_file: Path, data_file: Path) -> tuple[list[str], list[list[str]]]:
     rows = _csv_rows(split_file, ("video_id",))
     if rows and "sentence" in rows[0]:  # JSFUSION test csv: exactly the caption to rank
         return [r["video_id"] for r in rows], [[r["sentence"]] for r in rows]
@@ -71,14 +71,14 @@ def _msrvtt(root: Path, split_file: Path, data_file: Path) -> tuple[list[str], l
     return ids, [by_video[v] for v in ids]
 
 
-def _msvd(root: Path, split_file: Path, data_file: Path) -> tuple[list[str], list[list[str]]]:
+def _msvd(split_file: Path, data_file: Path) -> tuple[list[str], list[list[str]]]:
     with data_file.open("rb") as f:
         raw = pickle.load(f)  # noqa: S301  (the format MSVD's captions are distributed in)
     ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
     return ids, [[" ".join(words) for words in raw.get(v, [])] for v in ids]
 
 
-def _vatex(root: Path, split_file: Path, data_file: Path | None) -> tuple[list[str], list[list[str]]]:
+def _vatex(split_file: Path, data_file: Path | None) -> tuple[list[str], list[list[str]]]:
     entries = json.loads(split_file.read_text())
     return [e["videoID"] for e in entries], [list(e["enCap"]) for e in entries]
 
@@ -94,12 +94,13 @@ def load_caption_split(
         raise ValueError(f"unknown caption format {fmt!r}; choose one of {CAPTION_FORMATS}")
     root = Path(root)
     split_file = root / split_file
-    data_file = root / (caption_file or DEFAULT_CAPTION_FILES[fmt] or "")
-    for path in (split_file, data_file if fmt != "vatex" else split_file):
-        if not path.is_file():
+    name = caption_file or DEFAULT_CAPTION_FILES.get(fmt)
+    data_file = root / name if name else None
+    for path in (split_file, data_file):
+        if path is not None and not path.is_file():
             raise AnnotationError(f"{fmt}: annotation file not found: {path}")
     try:
-        ids, captions = READERS[fmt](root, split_file, data_file)
+        ids, captions = READERS[fmt](split_file, data_file)
     except (KeyError, json.JSONDecodeError, pickle.UnpicklingError) as e:
         raise AnnotationError(f"{split_file}: malformed {fmt} annotation ({e!r})") from e
     empty = next((v for v, c in zip(ids, captions, strict=True) if not c), None)

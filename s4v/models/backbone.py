@@ -9,6 +9,7 @@ its frozen input to compute its weight gradient.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -148,9 +149,7 @@ class FrozenBackbone(nn.Module):
             yield x
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        """Final projected [CLS] embedding of each image."""
-        x = self.embed(images)
-        for index in range(len(self.blocks)):
-            x = self.block(index, x)
-        return self.pool(x)
+    def forward(self, images: Tensor, project: bool = True) -> Tensor:
+        """Final [CLS] embedding of each image (projected: open_clip's `encode_image`)."""
+        last = deque(self.layer_outputs(images), maxlen=1)[0]  # keeps one layer alive, not all
+        return self.pool(last, project)

@@ -90,10 +90,7 @@ class VideoTextRetrieval(nn.Module):
         b, t = video.shape[:2]
         dtype = self.visual_proj.weight.dtype
         if self.side is None:
-            x = self.backbone.embed(video.flatten(0, 1))
-            for index in range(len(self.backbone.blocks)):
-                x = self.backbone.block(index, x)
-            frame = self.backbone.pool(x, project=False).to(dtype)
+            frame = self.backbone(video.flatten(0, 1), project=False).to(dtype)
         else:
             s, x = self.side(video, self.backbone)
             frame = self.up(s.mean(2)).flatten(0, 1) + self.backbone.pool(x, project=False).to(dtype)
