@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from s4v.config import Config
+from s4v.models import RETRIEVAL_PRESETS
 from s4v.train import evaluate as recognition
 from s4v.train import retrieval
 
@@ -58,9 +59,11 @@ class RetrievalTask:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        seed, length, preset = cfg.train.seed, cfg.model.text_length, cfg.model.preset
-        self.train_tokens = retrieval.CaptionTokens(retrieval.load_captions(cfg.data, "train"), preset, length, seed)
-        self.val_tokens = retrieval.CaptionTokens(retrieval.load_captions(cfg.data, "val"), preset, length, seed)
+        # The tokenizer belongs to the preset's tower (preset names are not backbone names in general).
+        backbone = RETRIEVAL_PRESETS[cfg.model.preset].backbone
+        seed, length = cfg.train.seed, cfg.model.text_length
+        self.train_tokens = retrieval.CaptionTokens(retrieval.load_captions(cfg.data, "train"), backbone, length, seed)
+        self.val_tokens = retrieval.CaptionTokens(retrieval.load_captions(cfg.data, "val"), backbone, length, seed)
 
     def loss(self, engine: Any, video: torch.Tensor, batch: dict, epoch: int) -> torch.Tensor:
         tokens = self.train_tokens.sample(batch["label"], epoch).to(video.device)
