@@ -16,9 +16,10 @@ from pathlib import Path
 from s4v.memory.step import GiB, account_step
 from s4v.memory.tables import TABLES, markdown, measure_rows, ordering
 from s4v.memory.workloads import MethodSpec, workload
+from s4v.models.architectures import BACKBONES
 
 FIGURE_METHODS = ("st-adapter", "aim", "evl", "dist", "ours-light", "ours")
-FIGURE_BACKBONES = {"b16": ("ViT-B/16", 86, 32), "l14": ("ViT-L/14", 304, 16), "e14": ("ViT-E/14", 4350, 16)}
+FIGURE_BACKBONES = ("b16", "l14", "e14")  # Figure 1's x axis: frozen visual parameters of each tower
 
 
 def figure(results: dict[str, list[dict]], path: Path, e14: dict | None) -> None:
@@ -31,20 +32,20 @@ def figure(results: dict[str, list[dict]], path: Path, e14: dict | None) -> None
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, method in enumerate(FIGURE_METHODS):
         rows = [r for r in results["2"] if r["name"] == method and not r["extra"]]
-        pts = [(FIGURE_BACKBONES[r["backbone"]][1], r["ours_gib"]) for r in rows]
+        pts = [(BACKBONES[r["backbone"]].visual_params_m, r["ours_gib"]) for r in rows]
         if method == "ours-light" and e14 is not None:
-            pts.append((FIGURE_BACKBONES["e14"][1], e14["ours_gib"]))
+            pts.append((BACKBONES["e14"].visual_params_m, e14["ours_gib"]))
         if pts:
             xs, ys = zip(*sorted(pts), strict=True)
             ax.plot(xs, ys, marker="o", color=f"C{i}", label=method)
-            paper = sorted((FIGURE_BACKBONES[r["backbone"]][1], r["paper_mem_g"]) for r in rows)
+            paper = sorted((BACKBONES[r["backbone"]].visual_params_m, r["paper_mem_g"]) for r in rows)
             ax.plot(*zip(*paper, strict=True), marker="x", ls=":", color=f"C{i}", alpha=0.6)
     ax.plot([], [], "kx:", alpha=0.6, label="paper (Table 2)")
     ax.axhline(80, color="grey", ls="--", lw=0.8)
     ax.text(90, 81, "A100 80G", fontsize=8, color="grey")
     ax.set_xscale("log")
-    ticks = [v[1] for v in FIGURE_BACKBONES.values()]
-    ax.set_xticks(ticks, [f"{v[0]}\n{v[1]}M" for v in FIGURE_BACKBONES.values()])
+    towers = [BACKBONES[b] for b in FIGURE_BACKBONES]
+    ax.set_xticks([t.visual_params_m for t in towers], [f"{t.title}\n{t.visual_params_m:g}M" for t in towers])
     ax.set_ylabel("training memory (GiB)")
     ax.set_title("Training memory vs backbone (8 frames; batch 32 B, 16 L/E)", fontsize=10)
     ax.legend(fontsize=8)
@@ -111,7 +112,7 @@ def offset_fit(rows: list[dict]) -> str:
 
 def e14_point(precision: str, attention: str = "flash") -> dict:
     """ours-light on ViT-E/14 (l = 32, d = 576) at batch 16: bf16 tower and flash attention, as the paper ran ViT-E."""
-    mem = account_step(workload(MethodSpec("ours-light", "e14", 16)), precision, attention)
+    mem = account_step(workload(MethodSpec("ours-light", "e14", BACKBONES["e14"].paper_batch)), precision, attention)
     return dict(
         backbone="e14",
         name="ours-light",

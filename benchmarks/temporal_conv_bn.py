@@ -30,19 +30,24 @@ from pathlib import Path
 
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels only run on CPU interpreted; set before they load
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from s4v.kernels import TemporalConvBranch
+from s4v.memory.tracker import saved_activation_bytes
+from s4v.models.architectures import PRESETS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import TemporalConvBranch  # noqa: E402
-from kernels.saved_tensors import saved_activation_bytes  # noqa: E402
+# The side shapes of the presets the paper trains at each tower's size (B/16, L/14, E/14-light), at the
+# per-GPU batch of the paper's memory tables.
+SHAPE_PRESETS = ("b16", "l14", "e14-light")
 
-# name: (side width d, batch, frames, patch tokens N)
-SHAPES = {
-    "b16": (320, 32, 8, 196),
-    "l14": (512, 16, 8, 256),
-    "e14-light": (576, 16, 8, 256),
-}
+
+def shapes() -> dict[str, tuple[int, int, int, int]]:
+    """name -> (side width d, batch, frames, patch tokens N), from the architecture table."""
+    out = {}
+    for name in SHAPE_PRESETS:
+        p = PRESETS[name]
+        out[name] = (p.side_dim, p.tower.paper_batch, p.num_frames, p.tower.num_patches)
+    return out
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MIB = 2.0**20
 
@@ -103,7 +108,7 @@ def bench_one(
     shape: str, dtype_name: str, variant: str, device: torch.device, warmup: int, repeat: int, eager_out: dict
 ) -> Result:
     """Measure one variant; eager_out holds eager's (output, input grad) per (shape, dtype) to compare with."""
-    dim, batch, frames, tokens = SHAPES[shape]
+    dim, batch, frames, tokens = shapes()[shape]
     dtype = DTYPES[dtype_name]
     module = _branch(dim, "triton" if variant.startswith("fused") else "reference", device, dtype)
     module.recompute = variant == "fused-recompute"
@@ -170,7 +175,7 @@ def format_table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma list of " + ", ".join(SHAPES))
+    parser.add_argument("--shapes", default=",".join(SHAPE_PRESETS), help="comma list of " + ", ".join(SHAPE_PRESETS))
     parser.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: both on CUDA, fp32 on CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--warmup", type=int, default=None, help="default 5 on CUDA, 0 on CPU")
@@ -180,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if not cuda:  # Triton kernels run interpreted on CPU; read when they are first imported (first fused call)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     dtypes = (args.dtypes or ("fp32,bf16" if cuda else "fp32")).split(",")
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 0)
     repeat = args.repeat if args.repeat is not None else (20 if cuda else 1)

@@ -1,5 +1,5 @@
 """Triton kernels of the side network, with autograd wrappers and PyTorch references."""
 
-from kernels.temporal_conv import TemporalConvBranch
+from s4v.kernels.temporal_conv import TemporalConvBranch
 
 __all__ = ["TemporalConvBranch"]

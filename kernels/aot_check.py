@@ -1,9 +1,9 @@
-"""Compile every Triton kernel of `kernels.triton_ops` to a CUDA cubin on a machine without a GPU.
+"""Compile every Triton kernel of `s4v.kernels.triton_ops` to a CUDA cubin on a machine without a GPU.
 
 The CPU interpreter accepts code that the real compiler rejects (loop-carried type changes, bad
 casts, ...), so this is the GPU-readiness check that CI can run:
 
-    python -m kernels.aot_check            # sm_80 and sm_90, fp32 / fp16 / bf16 storage
+    python -m s4v.kernels.aot_check            # sm_80 and sm_90, fp32 / fp16 / bf16 storage
 
 Must run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled).
 """
@@ -16,7 +16,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import triton_ops as ops
+from s4v.kernels import triton_ops as ops
 
 BLOCKS = {"BLOCK_R": 32, "BLOCK_C": 64}
 

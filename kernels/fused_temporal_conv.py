@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels import triton_ops as ops
+from s4v.kernels import triton_ops as ops
 
 
 def _pw1(xhat: Tensor, bn_weight: Tensor, bn_bias: Tensor, pw1_weight: Tensor, pw1_bias: Tensor) -> Tensor:

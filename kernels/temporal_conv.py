@@ -3,7 +3,7 @@
 Works on channel-last tokens (B, T, N, C): 1x1x1 and (3,1,1) convolutions never mix spatial
 positions, so the side network never needs to reshape to NCTHW. The module owns standard
 nn.BatchNorm3d / nn.Conv3d submodules (same state dict for every implementation) and runs either
-the PyTorch reference or the fused Triton path (see `kernels.fused_temporal_conv` for the design).
+the PyTorch reference or the fused Triton path (see `s4v.kernels.fused_temporal_conv` for the design).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def temporal_conv_fused(
     Imported lazily: Triton decides between compiled and interpreted kernels when the kernel module
     is first imported, so TRITON_INTERPRET may be set any time before the first call.
     """
-    from kernels.fused_temporal_conv import FusedTemporalConv, batch_norm_statistics
+    from s4v.kernels.fused_temporal_conv import FusedTemporalConv, batch_norm_statistics
 
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:

@@ -11,17 +11,9 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from s4v.models import PRESETS, create_model
+from s4v.models.architectures import PRESETS, presets_for
 from s4v.models.classifier import VideoClassifier
-
-# Paper Table 2 / Table 4 GFLOPs per view (Table 2 lists 3 views: 1 crop x 3 clips) at 8 frames.
-PAPER_GFLOPS_PER_VIEW = {
-    "b16-light": 445 / 3,
-    "b16": 528 / 3,
-    "l14-light": 2092 / 3,
-    "l14": 2611 / 3,
-    "e14-light": 7980.0,
-}
+from s4v.models.presets import create_model
 
 
 def count_parameters(model: VideoClassifier) -> tuple[int, int]:
@@ -59,7 +51,7 @@ def describe(preset: str, num_classes: int, num_frames: int | None = None) -> di
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="s4v info", description=__doc__)
-    parser.add_argument("--preset", choices=sorted(PRESETS), nargs="+", default=["tiny"])
+    parser.add_argument("--preset", choices=sorted(presets_for("recognition")), nargs="+", default=["tiny"])
     parser.add_argument("--num-classes", type=int, default=174)
     parser.add_argument("--frames", type=int, default=None, help="frames per view (default: the preset's)")
     args = parser.parse_args(argv)
@@ -68,7 +60,7 @@ def cli(argv: list[str]) -> int:
     for name in args.preset:
         row = describe(name, args.num_classes, args.frames)
         paper_tp = PRESETS[name].paper_tunable_m
-        paper_fl = PAPER_GFLOPS_PER_VIEW.get(name)
+        paper_fl = PRESETS[name].paper_gflops_per_view
         print(
             f"| {name} | {row['backbone']} | {row['side_layers']} x {row['side_dim']} | {row['tunable'] / 1e6:.2f} "
             f"| {paper_tp if paper_tp is not None else '-'} | {row['frozen'] / 1e6:.1f} "

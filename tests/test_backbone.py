@@ -18,7 +18,7 @@ IMAGES = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 def reference_model(backbone: str) -> torch.nn.Module:
     """A separately built, untouched open_clip model (its own nn.MultiheadAttention path)."""
     torch.manual_seed(0)
-    return open_clip.create_model(BACKBONES[backbone], pretrained=None).eval()
+    return open_clip.create_model(BACKBONES[backbone].open_clip, pretrained=None).eval()
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "tiny-eva"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import TemporalConvBranch
-from kernels.saved_tensors import saved_activation_bytes
+from s4v.kernels import TemporalConvBranch
+from s4v.memory.tracker import saved_activation_bytes
 
 
 def _pair(dim: int, training: bool, seed: int = 0) -> tuple[TemporalConvBranch, TemporalConvBranch]:
@@ -109,7 +109,7 @@ def test_non_contiguous_input() -> None:
 
 def test_batch_stats_are_exact_far_from_zero() -> None:
     """Partial (mean, M2) merging keeps the variance exact where sum-of-squares would cancel."""
-    from kernels import triton_ops
+    from s4v.kernels import triton_ops
 
     x = torch.randn(300, 192).mul(0.01).add(1000.0)
     mean, var = triton_ops.bn_stats(x)
@@ -121,7 +121,7 @@ def test_batch_stats_are_exact_far_from_zero() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_fp32(dtype: torch.dtype) -> None:
     """Kernels load fp16/bf16, compute in fp32 and round once on store."""
-    from kernels import triton_ops
+    from s4v.kernels import triton_ops
 
     torch.manual_seed(0)
     x = (torch.randn(2 * 4 * 3, 320) * 3 + 2).to(dtype)
@@ -234,7 +234,7 @@ def test_impl_switch_and_errors() -> None:
 def test_kernels_compile_for_cuda_without_gpu() -> None:
     """The real Triton compiler (stricter than the interpreter) builds every kernel to an sm_90 cubin."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "kernels.aot_check", "--archs", "90", "--dtypes", "fp32,bf16"]
+    cmd = [sys.executable, "-m", "s4v.kernels.aot_check", "--archs", "90", "--dtypes", "fp32,bf16"]
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

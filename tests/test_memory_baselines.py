@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from s4v.baselines import BASELINES, build_baseline, input_frames
-from s4v.baselines.side4video_variants import Side4VideoVariant
 from s4v.memory.step import account_step
 from s4v.memory.workloads import MethodSpec, workload
+from s4v.models import SideOptions, create_model
 
-TINY = "s4v-tiny-vit"
+TINY = "tiny"
 
 
 def _peak(method: str, backbone: str, batch: int, frames: int = 8, **options) -> int:
@@ -66,13 +66,20 @@ def test_trainable_parameters_match_table2(method, backbone, paper_m):
     assert abs(count - paper_m) <= max(1.0, 0.06 * paper_m), count
 
 
+def _tiny_side4video(layers: int, **options) -> torch.nn.Module:
+    return create_model("tiny", 5, side_layers=layers, side_dim=64, side_options=SideOptions(**options))
+
+
 def test_side4video_variant_defaults_are_the_core_model():
     torch.manual_seed(0)
-    variant = Side4VideoVariant("tiny", layers=4, dim=64, num_classes=5).eval()
+    variant = _tiny_side4video(4).eval()
+    torch.manual_seed(0)
+    core = create_model("tiny", 5).eval()
     video = torch.randn(2, 8, 3, 64, 64)
-    torch.testing.assert_close(variant(video), variant.model.eval()(video), rtol=0, atol=0)
-    variant.fusion = "eager"  # the reference code's Linear(LayerNorm(Z)): same function, more saved memory
-    torch.testing.assert_close(variant(video), variant.model(video), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(variant(video), core(video), rtol=0, atol=0)
+    torch.manual_seed(0)
+    eager = _tiny_side4video(4, fusion="eager").eval()  # the reference code's Linear(LayerNorm(Z)): same function,
+    torch.testing.assert_close(eager(video), core(video), rtol=1e-5, atol=1e-5)  # more saved memory
 
 
 @pytest.mark.parametrize(
@@ -82,14 +89,15 @@ def test_side4video_variant_defaults_are_the_core_model():
         dict(cls_shift=False),
         dict(representation="vit-cls"),
         dict(representation="extra-cls"),
+        dict(layer_choice="top"),
     ],
 )
 def test_side4video_variants_train(options):
-    model = Side4VideoVariant("tiny", layers=2, dim=64, num_classes=5, **options)
+    model = _tiny_side4video(2, **options)
     F.cross_entropy(model(torch.randn(2, 8, 3, 64, 64)), torch.tensor([1, 2])).backward()
-    side = [p for p in model.model.side.parameters() if p.requires_grad]
+    side = [p for p in model.side.parameters() if p.requires_grad]
     assert all(p.grad is not None for p in side)
-    assert all(p.grad is None for p in model.model.backbone.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
 
 
 def test_table2_claims_at_paper_scale():

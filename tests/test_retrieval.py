@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from s4v.metrics.retrieval import ground_truth_ranks, retrieval_metrics
-from s4v.models import create_retrieval_model, symmetric_info_nce
+from s4v.models import BACKBONES, create_retrieval_model, symmetric_info_nce
 from s4v.models.matching import blockwise_similarity, similarity, token_wise_similarity
+
+TINY = BACKBONES["tiny"]
 
 
 def test_perfect_ranking() -> None:
@@ -61,8 +63,8 @@ def test_blockwise_equals_full_similarity() -> None:
 @pytest.mark.parametrize("kind", ["side4video", "meanpool"])
 def test_retrieval_model_trains_text_side_and_projection_only(kind: str) -> None:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny", kind=kind, temporal_impl="reference")
-    tokens = open_clip.get_tokenizer("s4v-tiny-vit")(["a red circle moving left", "a blue square"])
+    model = create_retrieval_model("tiny-retrieval", kind=kind, temporal_impl="reference")
+    tokens = open_clip.get_tokenizer(TINY.tokenizer)(["a red circle moving left", "a blue square"])
     logits = model(torch.randn(2, 4, 3, 64, 64), tokens)
     symmetric_info_nce(logits).backward()
     assert all(p.grad is None for p in model.backbone.parameters())
@@ -76,7 +78,7 @@ def test_retrieval_model_trains_text_side_and_projection_only(kind: str) -> None
 
 def test_retrieval_model_starts_from_clip_zero_shot_frames() -> None:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny", temporal_impl="reference").eval()
+    model = create_retrieval_model("tiny-retrieval", temporal_impl="reference").eval()
     video = torch.randn(1, 4, 3, 64, 64)
     expected = torch.nn.functional.normalize(model.backbone(video.flatten(0, 1)), dim=-1)
     torch.testing.assert_close(model.encode_video(video)[0], expected, rtol=1e-5, atol=1e-5)
@@ -84,9 +86,9 @@ def test_retrieval_model_starts_from_clip_zero_shot_frames() -> None:
 
 def test_text_eot_token_equals_open_clip_encode_text() -> None:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny", kind="meanpool")
-    clip = open_clip.create_model("s4v-tiny-vit")
-    tokens = open_clip.get_tokenizer("s4v-tiny-vit")(["a green cross appearing"])
+    model = create_retrieval_model("tiny-retrieval", kind="meanpool")
+    clip = open_clip.create_model(TINY.open_clip)
+    tokens = open_clip.get_tokenizer(TINY.tokenizer)(["a green cross appearing"])
     clip.transformer.load_state_dict(model.text.transformer.state_dict())
     clip.token_embedding.load_state_dict(model.text.token_embedding.state_dict())
     clip.ln_final.load_state_dict(model.text.ln_final.state_dict())
@@ -100,8 +102,8 @@ def test_text_eot_token_equals_open_clip_encode_text() -> None:
 
 def test_text_tower_accepts_captions_shorter_than_its_context() -> None:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny", kind="meanpool")
-    tokens = open_clip.get_tokenizer("s4v-tiny-vit")(["a red circle"])  # context 32
+    model = create_retrieval_model("tiny-retrieval", kind="meanpool")
+    tokens = open_clip.get_tokenizer(TINY.tokenizer)(["a red circle"])  # context 32
     feats, mask, eot = model.text(tokens)
     short, short_mask, short_eot = model.text(tokens[:, :16])
     # causal attention: the first 16 positions do not depend on what comes after them

@@ -13,7 +13,7 @@ from torch import nn
 from s4v.baselines.aim import AIMViT
 from s4v.baselines.dist import DiST
 from s4v.baselines.evl import EVL
-from s4v.baselines.full import CLIP4Clip, FrozenMeanPool, FullFinetune, symmetric_infonce
+from s4v.baselines.full import CLIP4Clip, FrozenMeanPool, FullFinetune
 from s4v.baselines.st_adapter import STAdapterViT
 
 BASELINES: dict[str, Callable[..., nn.Module]] = {
@@ -39,4 +39,4 @@ def input_frames(name: str, num_frames: int) -> int:
     return 2 * num_frames if name == "dist" else num_frames
 
 
-__all__ = ["BASELINES", "build_baseline", "input_frames", "CLIP4Clip", "symmetric_infonce"]
+__all__ = ["BASELINES", "build_baseline", "input_frames", "CLIP4Clip"]

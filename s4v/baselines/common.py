@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import math
 
-import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-# OpenAI CLIP weights use QuickGELU (x * sigmoid(1.702 x)); it saves more for backward than nn.GELU,
-# so the -quickgelu configs are what the baselines' papers actually trained.
-CLIP_MODELS: dict[str, str] = {
-    "b32": "ViT-B-32-quickgelu",
-    "b16": "ViT-B-16-quickgelu",
-    "l14": "ViT-L-14-quickgelu",
-}
-
-
-def build_clip(backbone: str, device: str | torch.device = "cpu") -> nn.Module:
-    """Random-init open_clip CLIP (no weights are ever downloaded); `device="meta"` allocates nothing."""
-    name = CLIP_MODELS.get(backbone, backbone)
-    with torch.device(device):
-        return open_clip.create_model(name, pretrained=None, device=device)
+from s4v.models.backbone import build_clip
 
 
 def build_visual(backbone: str, device: str | torch.device = "cpu") -> VisionTransformer:
-    visual = build_clip(backbone, device).visual
+    """The random-init open_clip image tower of `backbone` (a key of the architecture table)."""
+    visual = build_clip(backbone, device=device).visual
     if not isinstance(visual, VisionTransformer):
         raise TypeError(f"{backbone}: baselines need an open_clip VisionTransformer, got {type(visual).__name__}")
     return visual

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.baselines.common import VideoHead, build_clip, build_visual, frozen
+from s4v.baselines.common import VideoHead, build_visual, frozen
+from s4v.models.backbone import build_clip
 
 
 class FullFinetune(nn.Module):
@@ -44,7 +45,7 @@ class CLIP4Clip(nn.Module):
 
     def __init__(self, backbone: str = "b32", num_frames: int = 12, freeze_visual: bool = False, device="cpu") -> None:
         super().__init__()
-        self.clip = build_clip(backbone, device)
+        self.clip = build_clip(backbone, device=device)
         self.num_frames = num_frames
         self.freeze_visual = freeze_visual
         if freeze_visual:
@@ -73,7 +74,3 @@ class CLIP4Clip(nn.Module):
         t = F.normalize(self.encode_text(text), dim=-1)
         return self.clip.logit_scale.exp() * self.encode_video(video) @ t.t()
 
-
-def symmetric_infonce(logits: Tensor) -> Tensor:
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

@@ -52,16 +52,15 @@ def lower_bound(shape: SideShape, batch: int, frames: int, precision: str = "amp
 
 
 def side_shape(model: torch.nn.Module) -> SideShape:
-    """Shape of a Side4Video classifier (core `Side4VideoClassifier` or a `Side4VideoVariant`)."""
-    core = getattr(model, "model", model)
-    tower = core.backbone.shape
-    side_params = sum(p.numel() for p in core.parameters() if p.requires_grad)
+    """Shape of a Side4Video classifier."""
+    tower = model.backbone.shape
+    side_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return SideShape(
         tower.width,
         tower.layers,
-        sum(p.numel() for p in core.backbone.parameters()),
+        sum(p.numel() for p in model.backbone.parameters()),
         tower.num_patches,
-        len(core.side.blocks),
-        core.side.dim,
+        len(model.side.blocks),
+        model.side.dim,
         side_params,
     )

@@ -17,9 +17,9 @@ import torch
 
 from s4v.memory.step import GiB, account_step
 from s4v.memory.workloads import MethodSpec, workload
+from s4v.models.architectures import BACKBONES
 
 DIMS = (128, 192, 256, 320, 384, 448, 512, 576, 640, 768, 896, 1024)
-TOWER_LAYERS = {"tiny": 4, "b32": 12, "b16": 12, "l14": 24, "e14": 64}
 
 
 @dataclass
@@ -131,7 +131,7 @@ def cli(argv: list[str]) -> int:
         help="GiB kept free for what the allocator does not count: CUDA context (~0.5), DeepSpeed "
         "buckets, fragmentation (e.g. 1.0)",
     )
-    ap.add_argument("--backbone", default="b16", choices=sorted(TOWER_LAYERS))
+    ap.add_argument("--backbone", default="b16", choices=sorted(BACKBONES))
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--min-batch", type=int, default=16, help="smallest per-GPU batch worth training with")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "amp", "fp32"])
@@ -145,7 +145,7 @@ def cli(argv: list[str]) -> int:
     planner = Planner(args.backbone, budget, args.frames, args.precision, args.attention, args.num_classes)
     planner.verbose = True
     found = []
-    for layers in args.layers or depths(TOWER_LAYERS[args.backbone]):
+    for layers in args.layers or depths(BACKBONES[args.backbone].layers):
         cand = planner.widest(layers, tuple(sorted(args.dims)), args.min_batch)
         if cand is not None:
             found.append(cand)

@@ -14,9 +14,8 @@ import torch
 
 from s4v.memory.analytic import lower_bound, side_shape
 from s4v.memory.step import GiB, account_step, measure_cuda_step
-from s4v.memory.workloads import MethodSpec, workload  # noqa: F401  (MethodSpec: rows)
-
-SIDE4VIDEO = ("ours", "ours-light", "side4video")
+from s4v.memory.workloads import SIDE4VIDEO, MethodSpec, workload
+from s4v.models.architectures import BACKBONES
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,8 @@ def _t2() -> list[Row]:
             "ours": (37.0, 102),
         },
     }
-    for backbone, batch in (("b16", 32), ("l14", 16)):
+    for backbone in paper:
+        batch = BACKBONES[backbone].paper_batch
         group = f"ViT-{backbone.upper()} batch {batch}"
         for method, (mem, tp) in paper[backbone].items():
             options = REFERENCE if method.startswith("ours") else {}
@@ -67,7 +67,7 @@ def _t2() -> list[Row]:
 
 def _t3() -> list[Row]:
     # MSR-VTT: batch 128 over 8 GPUs (16 per GPU), 12 frames, ViT-B/32 (s.4.4 / Table 6; Table 3's caption
-    # says B/16, the text and DESIGN.md say B/32, and only B/32 fits CLIP4Clip's 8.2 G).
+    # says B/16, the text says B/32, and only B/32 fits CLIP4Clip's 8.2 G).
     spec = dict(backbone="b32", batch=16, frames=12)
     return [
         Row("MSR-VTT, ViT-B/32, 16 videos/GPU", "clip4clip", MethodSpec("clip4clip", **spec), 8.2),
@@ -78,7 +78,8 @@ def _t3() -> list[Row]:
 
 def _t9() -> list[Row]:
     def ours(**options) -> MethodSpec:
-        return MethodSpec("side4video", "b16", 32, options=dict(dict(layers=12, dim=320, **REFERENCE), **options))
+        options = dict(dict(layers=12, dim=320, **REFERENCE), **options)
+        return MethodSpec("side4video", "b16", BACKBONES["b16"].paper_batch, options=options)
 
     return [
         Row("(b) temporal module", "attention", ours(temporal="attention"), 20.4),

@@ -10,6 +10,7 @@ so its peak is what `torch.cuda.max_memory_allocated` reports for the same seque
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -103,3 +104,14 @@ class LiveMemory(TorchDispatchMode):
             if isinstance(t, Tensor):
                 self._add(t.untyped_storage())
         return out
+
+
+def saved_activation_bytes(step: Callable[[], Tensor], parameters: Iterable[Tensor] = ()) -> int:
+    """Bytes autograd keeps for backward while `step()` runs its forward (weights in `parameters` left out).
+
+    The graph `step()` returns is freed before returning: only the count survives.
+    """
+    with SavedTensors(tuple(parameters)) as saved:
+        out = step()
+        del out
+    return saved.nbytes

@@ -7,27 +7,22 @@ Method names: baselines (`full`, `frozen-meanpool`, `st-adapter`, `aim`, `evl`, 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.baselines import CLIP4Clip, build_baseline, input_frames, symmetric_infonce
-from s4v.baselines.side4video_variants import Side4VideoVariant
+from s4v.baselines import CLIP4Clip, build_baseline, input_frames
 from s4v.memory.step import Workload
+from s4v.models.architectures import BACKBONES, find_preset
+from s4v.models.presets import create_model, create_retrieval_model
+from s4v.models.retrieval import symmetric_info_nce
+from s4v.models.side import SideOptions
 
-logging.getLogger().setLevel(logging.ERROR)  # open_clip warns on every random-init build
-
-IMAGE_SIZE = {"b32": 224, "b16": 224, "l14": 224, "e14": 224, "s4v-tiny-vit": 64, "tiny": 64}
-# Side4Video configurations (Table 1): backbone -> (layers, dim) of the light and full side networks.
-SIDE_CONFIGS: dict[str, dict[str, tuple[int, int]]] = {
-    "b16": {"ours-light": (6, 192), "ours": (12, 320)},
-    "l14": {"ours-light": (12, 320), "ours": (24, 512)},
-    "e14": {"ours-light": (32, 576)},
-}
 RETRIEVAL_TEXT_LENGTH = 32  # CLIP4Clip / Side4Video max_words
+SIDE4VIDEO = ("ours", "ours-light", "side4video")
+RETRIEVAL = ("clip4clip", "clip4clip-frozen", "ours-retrieval")
 
 
 @dataclass(frozen=True)
@@ -54,32 +49,40 @@ def _classification_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor
 
 def _retrieval_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
     video, text = inputs
-    return symmetric_infonce(model(video, text).float())
+    return symmetric_info_nce(model(video, text).float())
 
 
-def _side_options(spec: MethodSpec) -> dict:
+def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
+    """Through the training factory: the backbone's "ours" (largest) or "ours-light" (smallest) preset,
+    with `layers` / `dim` / Table 9 options overriding its side network.
+
+    The accounting uses the eager temporal branch by default: the same ops on meta and on CUDA, so
+    accounting and measurement compare like for like ("auto" would pick the fused Triton branch on CUDA).
+    """
     opts = dict(spec.options)
-    if spec.method in ("ours", "ours-light"):
-        layers, dim = SIDE_CONFIGS[spec.backbone][spec.method]
-        opts.setdefault("layers", layers)
-        opts.setdefault("dim", dim)
-    return opts
+    layers, dim = opts.pop("layers", None), opts.pop("dim", None)
+    temporal_impl = opts.pop("temporal_impl", "reference")
+    preset = find_preset("recognition", spec.backbone, largest=spec.method == "ours")
+    return create_model(
+        preset,
+        spec.num_classes,
+        device=device,
+        temporal_impl=temporal_impl,
+        side_layers=layers,
+        side_dim=dim,
+        side_options=SideOptions(**opts),
+    )
 
 
 def _build(spec: MethodSpec, device: torch.device) -> nn.Module:
     m = spec.method
-    if m in ("ours", "ours-light", "side4video"):
-        opts = _side_options(spec)
-        return Side4VideoVariant(spec.backbone, num_classes=spec.num_classes, device=device, **opts)
+    if m in SIDE4VIDEO:
+        return _side4video(spec, device)
     if m in ("clip4clip", "clip4clip-frozen"):
         return CLIP4Clip(spec.backbone, spec.frames, freeze_visual=m.endswith("frozen"), device=device)
     if m == "ours-retrieval":
-        # Hook for the retrieval model (issue 7): the core factory, d = 320, token-wise matching.
-        from s4v.models import create_retrieval_model
-
-        return create_retrieval_model(
-            spec.backbone, device=device, **dict(dict(temporal_impl="reference"), **spec.options)
-        )
+        preset = find_preset("retrieval", spec.backbone)
+        return create_retrieval_model(preset, device=device, **dict(dict(temporal_impl="reference"), **spec.options))
     return build_baseline(m, spec.backbone, spec.num_classes, spec.frames, device)
 
 
@@ -92,13 +95,9 @@ def text_length(model: nn.Module) -> int:
 
 
 def workload(spec: MethodSpec) -> Workload:
-    size = IMAGE_SIZE.get(spec.backbone, 224)
-    retrieval = spec.method in ("clip4clip", "clip4clip-frozen", "ours-retrieval")
-    frames = (
-        spec.frames
-        if retrieval or spec.method.startswith(("ours", "side4video"))
-        else input_frames(spec.method, spec.frames)
-    )
+    size = BACKBONES[spec.backbone].image_size
+    retrieval = spec.method in RETRIEVAL
+    frames = spec.frames if retrieval or spec.method in SIDE4VIDEO else input_frames(spec.method, spec.frames)
     built: dict[str, nn.Module] = {}
 
     def build(device: torch.device) -> nn.Module:

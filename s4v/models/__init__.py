@@ -1,24 +1,37 @@
-"""Frozen towers, the Side4Video side network, recognition heads and presets."""
+"""Frozen towers, the Side4Video side network, recognition and retrieval models, and their factories.
 
-from s4v.models.backbone import BACKBONES, FrozenBackbone, TowerShape, build_clip
-from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
-from s4v.models.presets import MODEL_KINDS, PRESETS, RETRIEVAL_PRESETS, Preset, create_model, create_retrieval_model
-from s4v.models.retrieval import VideoTextRetrieval, symmetric_info_nce
+Names are resolved lazily (PEP 562): `s4v.models.architectures` is plain data, and importing it
+(the config loader does, to check preset names) must not pull in torch and open_clip.
+"""
 
-__all__ = [
-    "BACKBONES",
-    "FrozenBackbone",
-    "TowerShape",
-    "build_clip",
-    "MeanPoolProbe",
-    "Side4VideoClassifier",
-    "VideoClassifier",
-    "MODEL_KINDS",
-    "PRESETS",
-    "Preset",
-    "create_model",
-    "RETRIEVAL_PRESETS",
-    "create_retrieval_model",
-    "VideoTextRetrieval",
-    "symmetric_info_nce",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKBONES": "s4v.models.architectures",
+    "PRESETS": "s4v.models.architectures",
+    "Backbone": "s4v.models.architectures",
+    "Preset": "s4v.models.architectures",
+    "FrozenBackbone": "s4v.models.backbone",
+    "TowerShape": "s4v.models.backbone",
+    "build_clip": "s4v.models.backbone",
+    "MeanPoolProbe": "s4v.models.classifier",
+    "Side4VideoClassifier": "s4v.models.classifier",
+    "VideoClassifier": "s4v.models.classifier",
+    "MODEL_KINDS": "s4v.models.presets",
+    "create_model": "s4v.models.presets",
+    "create_retrieval_model": "s4v.models.presets",
+    "SideOptions": "s4v.models.side",
+    "VideoTextRetrieval": "s4v.models.retrieval",
+    "symmetric_info_nce": "s4v.models.retrieval",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 's4v.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

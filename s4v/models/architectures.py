@@ -92,3 +92,11 @@ PRESETS: dict[str, Preset] = {
 def presets_for(task: Task) -> dict[str, Preset]:
     return {name: p for name, p in PRESETS.items() if p.task == task}
 
+
+def find_preset(task: Task, backbone: str, largest: bool = False) -> str:
+    """The preset of `task` on `backbone` with the smallest (or largest) side network ("ours-light" / "ours")."""
+    names = [n for n, p in presets_for(task).items() if p.backbone == backbone]
+    if not names:
+        raise ValueError(f"no {task} preset on backbone {backbone!r}")
+    size = {n: PRESETS[n].side_layers * PRESETS[n].side_dim**2 for n in names}
+    return (max if largest else min)(names, key=size.__getitem__)

@@ -20,6 +20,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from s4v.models import registry  # noqa: F401  (registers the tiny towers)
+from s4v.models.architectures import BACKBONES
 from s4v.models.attention import check_backend, route_attention, sdpa_context
 from s4v.models.checkpoint import load_clip_weights
 
@@ -39,28 +40,17 @@ class TowerShape:
         return (self.image_size // self.patch_size) ** 2
 
 
-# short name -> open_clip model name. OpenAI CLIP weights use QuickGELU, hence the -quickgelu configs.
-BACKBONES: dict[str, str] = {
-    "tiny": "s4v-tiny-vit",
-    "tiny-eva": "s4v-tiny-eva",
-    "b32": "ViT-B-32-quickgelu",
-    "b16": "ViT-B-16-quickgelu",
-    "l14": "ViT-L-14-quickgelu",
-    "e14": "EVA02-E-14",
-}
-
-
 def build_clip(
     backbone: str, checkpoint: str | None = None, device: str | torch.device = "cpu"
 ) -> open_clip.model.CLIP | open_clip.model.CustomTextCLIP:
-    """Random-init open_clip model for `backbone`, then weights from a local file if given.
+    """Random-init open_clip model of `backbone` (a key of the architecture table), then weights from a local file.
 
-    On the meta device the model is built without allocating memory (for counting and planning).
+    Built under the target device: on the meta device nothing is allocated (counting, planning, memory tables).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     with torch.device(device):
-        model = open_clip.create_model(BACKBONES[backbone], pretrained=None, device=device)
+        model = open_clip.create_model(BACKBONES[backbone].open_clip, pretrained=None, device=device)
     if checkpoint is not None:
         load_clip_weights(model, checkpoint)
     return model
@@ -76,7 +66,7 @@ class FrozenBackbone(nn.Module):
         self.visual = visual
         self.is_eva = isinstance(visual, TimmModel)
         if self.is_eva and getattr(visual.trunk, "rope", None) is not None:
-            raise NotImplementedError("EVA towers with rotary embeddings are not supported (EVA02-E-14 has none)")
+            raise NotImplementedError("EVA towers with rotary embeddings are not supported (ViT-E/14 has none)")
         device = next(visual.parameters()).device
         if device.type != "meta":
             check_backend(attn_backend, device)

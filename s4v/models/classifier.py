@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from s4v.kernels.temporal_conv import Impl
 from s4v.models.backbone import FrozenBackbone
-from s4v.models.side import SideNetwork, batchnorm_tokens
+from s4v.models.side import PAPER_SIDE, SideNetwork, SideOptions, batchnorm_tokens
 
 
 class RecognitionHead(nn.Module):
@@ -46,7 +47,8 @@ class Side4VideoClassifier(VideoClassifier):
         side_layers: int,
         num_classes: int,
         dropout: float = 0.5,
-        temporal_impl: str = "auto",
+        temporal_impl: Impl = "auto",
+        options: SideOptions = PAPER_SIDE,
     ) -> None:
         super().__init__()
         shape = backbone.shape
@@ -59,13 +61,14 @@ class Side4VideoClassifier(VideoClassifier):
             side_dim,
             side_layers,
             temporal_impl,
+            options,
         )
         self.head = RecognitionHead(side_dim, num_classes, dropout)
 
     def forward(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) CLIP-normalised frames -> logits (B, classes)."""
         s, _ = self.side(video, self.backbone)
-        return self.head(s)
+        return self.head(self.side.head_tokens(s))
 
 
 class MeanPoolProbe(VideoClassifier):

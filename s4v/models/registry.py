@@ -17,7 +17,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @register_model
 def s4v_eva_tiny_patch8_64(pretrained: bool = False, **kwargs) -> Eva:
-    """EVA02-E-14's block design (post-norm, plain GELU MLP, absolute pos-embed) at test size."""
+    """The ViT-E/14 tower's block design (post-norm, plain GELU MLP, absolute pos-embed) at test size."""
     args = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0, use_post_norm=True)
     return _create_eva("s4v_eva_tiny_patch8_64", pretrained=pretrained, **dict(args, **kwargs))
 

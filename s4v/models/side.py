@@ -1,21 +1,62 @@
-"""The Side4Video spatial-temporal side network (paper s.3.3, DESIGN.md s.2, reference init).
+"""The Side4Video spatial-temporal side network (paper s.3.3, with the reference implementation's init).
 
 Tokens are kept channel-last as (B, T, N, d): patch tokens only, no [CLS] in the side network.
 Each block first fuses the frozen layer it reads (0.5 * s + 0.5 * Down(LN(Z)), as the reference
 implementation scales it; the paper writes a plain sum), then runs temporal conv, [CLS]-shift
 attention and an MLP.
+
+The Table 9 ablations are options of this one network (`SideOptions`), so there is a single side
+loop: temporal attention instead of the conv (9b), no [CLS] shift (9c), a side [CLS] slot taken from
+the frozen [CLS] or learned (9d), "top" instead of "interval" layer reading (9a); layers and width
+(9e, 9f) are the network's size. `fusion="eager"` computes the fusion as the reference code does
+(`Linear(LayerNorm(Z))`, which also keeps the normalised features for backward), for the memory
+tables that compare with the paper's measurements.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import TemporalConvBranch
+from s4v.kernels import TemporalConvBranch
+from s4v.kernels.temporal_conv import Impl
 from s4v.models.fusion import NormDown
 
 PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^-0.5
+
+
+@dataclass(frozen=True)
+class SideOptions:
+    """Variants of the side network; the defaults are the paper's model."""
+
+    temporal: Literal["conv", "attention"] = "conv"
+    cls_shift: bool = True
+    representation: Literal["gap", "vit-cls", "extra-cls"] = "gap"
+    layer_choice: Literal["interval", "top"] = "interval"
+    fusion: Literal["normdown", "eager"] = "normdown"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "temporal": ("conv", "attention"),
+            "representation": ("gap", "vit-cls", "extra-cls"),
+            "layer_choice": ("interval", "top"),
+            "fusion": ("normdown", "eager"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"side option {name}={getattr(self, name)!r}: choose one of {allowed}")
+
+    @property
+    def cls_slot(self) -> bool:
+        """The side tokens carry a [CLS] slot in front of the patches, and the head reads it."""
+        return self.representation != "gap"
+
+
+PAPER_SIDE = SideOptions()
 
 
 def batchnorm_tokens(bn: nn.BatchNorm3d, s: Tensor) -> Tensor:
@@ -45,6 +86,33 @@ def interval_layers(vit_layers: int, side_layers: int) -> list[int]:
     return [step * (k + 1) - 1 for k in range(side_layers)]
 
 
+def read_layers(vit_layers: int, side_layers: int, choice: str) -> list[int]:
+    """Frozen layers the side blocks read: 'interval' (the paper's) or 'top' (the last l layers, Table 9a)."""
+    if choice == "top":
+        if side_layers > vit_layers:
+            raise ValueError(f"{side_layers} side layers cannot read {vit_layers} frozen layers")
+        return list(range(vit_layers - side_layers, vit_layers))
+    return interval_layers(vit_layers, side_layers)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention over T at every spatial position (no residual inside): Table 9b's alternative to the conv."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.heads = max(1, dim // 64)
+        self.norm = nn.LayerNorm(dim)
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, s: Tensor) -> Tensor:
+        b, t, n, d = s.shape
+        x = self.norm(s).transpose(1, 2).reshape(b * n, t, d)
+        q, k, v = self.in_proj(x).view(b * n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, t, d)
+        return self.out_proj(out.transpose(1, 2))
+
+
 class ClsShiftAttention(nn.Module):
     """Spatial self-attention whose queries are patch tokens and keys/values also see the shifted [CLS]."""
 
@@ -71,18 +139,37 @@ class ClsShiftAttention(nn.Module):
 class SideBlock(nn.Module):
     """Fusion of one frozen layer, then temporal conv, [CLS]-shift attention and MLP, each residual."""
 
-    def __init__(self, dim: int, vit_width: int, temporal_impl: str = "auto") -> None:
+    def __init__(self, dim: int, vit_width: int, temporal_impl: Impl = "auto", options: SideOptions = PAPER_SIDE):
         super().__init__()
+        self.options = options
         self.fuse = NormDown(vit_width, dim)
-        self.temporal = TemporalConvBranch(dim, impl=temporal_impl)
-        self.attn = ClsShiftAttention(dim, heads=max(1, dim // 64))
+        self.temporal = (
+            TemporalConvBranch(dim, impl=temporal_impl) if options.temporal == "conv" else TemporalAttention(dim)
+        )
+        self.attn = ClsShiftAttention(dim, heads=max(1, dim // 64), shift=options.cls_shift)
         self.mlp_bn = nn.BatchNorm3d(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
+    def fused_features(self, frozen: Tensor) -> Tensor:
+        if self.options.fusion == "eager":
+            return self.fuse.down(self.fuse.norm(frozen))
+        return self.fuse(frozen)
+
+    def merge(self, s: Tensor, z: Tensor) -> Tensor:
+        """0.5 * s + 0.5 * z on the patch tokens; the [CLS] slot (if any) fuses the frozen [CLS] or stays learned."""
+        representation = self.options.representation
+        if representation == "gap":
+            return 0.5 * s + 0.5 * z[:, :, 1:]
+        if representation == "vit-cls":
+            if s.shape[2] < z.shape[2]:  # first block: the side stem has no [CLS], the slot starts from the frozen one
+                s = torch.cat([z[:, :, :1], s], dim=2)
+            return 0.5 * s + 0.5 * z
+        return torch.cat([s[:, :, :1], 0.5 * s[:, :, 1:] + 0.5 * z[:, :, 1:]], dim=2)  # extra-cls: slot not fused
+
     def forward(self, s: Tensor, frozen: Tensor, pos: Tensor) -> Tensor:
-        b, t, n, d = s.shape
-        z = self.fuse(frozen).view(b, t, n + 1, d)
-        s = 0.5 * s + 0.5 * z[:, :, 1:]
+        b, t, _, d = s.shape
+        z = self.fused_features(frozen).view(b, t, -1, d)
+        s = self.merge(s, z)
         s = s + self.temporal(s)
         s = s + self.attn(s + pos, z[:, :, 0])
         return s + self.mlp(batchnorm_tokens(self.mlp_bn, s))
@@ -99,11 +186,13 @@ class SideNetwork(nn.Module):
         num_patches: int,
         dim: int,
         layers: int,
-        temporal_impl: str = "auto",
+        temporal_impl: Impl = "auto",
+        options: SideOptions = PAPER_SIDE,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.read_layers = interval_layers(vit_layers, layers)
+        self.options = options
+        self.read_layers = read_layers(vit_layers, layers, options.layer_choice)
         self.stem = nn.Conv3d(
             3,
             dim,
@@ -113,14 +202,17 @@ class SideNetwork(nn.Module):
         )
         self.stem_bn = nn.BatchNorm3d(dim)
         self.pos = nn.Parameter(torch.empty(num_patches, dim))
-        self.blocks = nn.ModuleList(SideBlock(dim, vit_width, temporal_impl) for _ in range(layers))
+        self.blocks = nn.ModuleList(SideBlock(dim, vit_width, temporal_impl, options) for _ in range(layers))
+        self.extra_cls = nn.Parameter(torch.empty(dim)) if options.representation == "extra-cls" else None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Reference initialisation (DESIGN.md s.2)."""
+        """The reference implementation's initialisation."""
         d = self.dim
         nn.init.normal_(self.pos, std=0.01)
+        if self.extra_cls is not None:
+            nn.init.normal_(self.extra_cls, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
@@ -139,13 +231,22 @@ class SideNetwork(nn.Module):
         return s.flatten(3).permute(0, 2, 3, 1)
 
     def forward(self, video: Tensor, backbone: nn.Module) -> tuple[Tensor, Tensor]:
-        """Side output (B, T, N, d) and the frozen tower's last tokens (B*T, 1 + N, D)."""
+        """Side output (B, T, N, d), or (B, T, 1 + N, d) with a [CLS] slot; the tower's last tokens (B*T, 1 + N, D)."""
         b, t = video.shape[:2]
         s = self.stem_tokens(video.to(self.stem.weight.dtype))
+        pos = self.pos
+        if self.options.cls_slot:  # the slot gets no position embedding
+            pos = torch.cat([pos.new_zeros(1, self.dim), pos], dim=0)
+        if self.extra_cls is not None:
+            s = torch.cat([self.extra_cls.to(s.dtype).expand(b, t, 1, -1), s], dim=2)
         x = backbone.embed(video.flatten(0, 1))
         readers = dict(zip(self.read_layers, self.blocks, strict=True))
         for index in range(len(backbone.blocks)):
             x = backbone.block(index, x)
             if index in readers:
-                s = readers[index](s, x, self.pos)
+                s = readers[index](s, x, pos)
         return s, x
+
+    def head_tokens(self, s: Tensor) -> Tensor:
+        """What the recognition head pools: every patch token (GAP) or the [CLS] slot."""
+        return s[:, :, :1] if self.options.cls_slot else s
