@@ -9,6 +9,7 @@ its frozen input to compute its weight gradient.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ class TowerShape:
         return (self.image_size // self.patch_size) ** 2
 
 
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" warning: s4v always builds without `pretrained`
+    (nothing is downloaded) and loads local weights itself, so the warning would fire on every build."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
 def build_clip(
     backbone: str, checkpoint: str | None = None, device: str | torch.device = "cpu"
 ) -> open_clip.model.CLIP | open_clip.model.CustomTextCLIP:
@@ -49,8 +58,13 @@ def build_clip(
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    with torch.device(device):
-        model = open_clip.create_model(BACKBONES[backbone].open_clip, pretrained=None, device=device)
+    root, notice = logging.getLogger(), _RandomInitNotice()  # open_clip logs through the root logger
+    root.addFilter(notice)
+    try:
+        with torch.device(device):
+            model = open_clip.create_model(BACKBONES[backbone].open_clip, pretrained=None, device=device)
+    finally:
+        root.removeFilter(notice)
     if checkpoint is not None:
         load_clip_weights(model, checkpoint)
     return model
