@@ -99,14 +99,8 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifact", str(path), artifact_path=artifact_path)
-
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifacts", str(directory), artifact_path=artifact_path)
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        self._call("set_tags", {k: str(v) for k, v in tags.items()})
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("end_run", status=status)
