@@ -73,9 +73,6 @@ def cuda_comparison(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-PAPER_LIGHT_OVER_ST = {"b16": 8.9 / 28.8, "l14": 15.3 / 51.4}
-
-
 def with_s4v(rows: list[dict]) -> list[dict]:
     """The six paper rows with ours replaced by this project's model (the "(s4v)" rows)."""
     s4v = {r["name"].removesuffix(" (s4v)"): r for r in rows if r["name"].endswith(" (s4v)")}
@@ -89,11 +86,12 @@ def table2_summary(rows: list[dict]) -> str:
         sub = [r for r in rows if r["backbone"] == backbone]
         paper, ours = ordering(sub, "paper_mem_g"), ordering(sub, "ours_gib")
         mem = {r["name"]: r["ours_gib"] for r in sub}
+        paper_mem = {r["name"]: r["paper_mem_g"] for r in sub}
         lines.append(
             f"{sub[0]['group']}: paper order {' > '.join(paper)}; ours {' > '.join(ours)} "
             f"({'same' if paper == ours else 'differs'}); ours-light / ST-Adapter = "
             f"{mem['ours-light'] / mem['st-adapter']:.3f}, s4v model {mem['ours-light (s4v)'] / mem['st-adapter']:.3f} "
-            f"(paper {PAPER_LIGHT_OVER_ST[backbone]:.3f}); s4v model order "
+            f"(paper {paper_mem['ours-light'] / paper_mem['st-adapter']:.3f}); s4v model order "
             f"{' > '.join(ordering(with_s4v(sub), 'ours_gib'))}"
         )
     return "\n".join([""] + lines)
