@@ -9,13 +9,13 @@ the PyTorch reference or the fused Triton path (see `s4v.kernels.fused_temporal_
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Literal
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-Impl = Literal["auto", "triton", "reference"]
+from s4v.choices import TemporalImpl
 
 
 def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
@@ -71,10 +71,10 @@ class TemporalConvBranch(nn.Module):
     recompute (Triton path): keep one activation for backward instead of two, for one more matmul.
     """
 
-    def __init__(self, dim: int, impl: Impl = "auto", recompute: bool = False) -> None:
+    def __init__(self, dim: int, impl: TemporalImpl = "auto", recompute: bool = False) -> None:
         super().__init__()
-        if impl not in ("auto", "triton", "reference"):
-            raise ValueError(f"impl must be 'auto', 'triton' or 'reference', got {impl!r}")
+        if impl not in get_args(TemporalImpl):
+            raise ValueError(f"impl must be one of {get_args(TemporalImpl)}, got {impl!r}")
         self.impl = impl
         self.recompute = recompute
         self.bn = nn.BatchNorm3d(dim)

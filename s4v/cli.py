@@ -1,12 +1,17 @@
 """`s4v` console script: one sub-command per job, each implemented next to the code it drives.
 
-Sub-commands are imported lazily so `s4v info` does not pay for DALI or DeepSpeed imports.
+Sub-commands are imported lazily so `s4v info` does not pay for DALI or DeepSpeed imports. A UserError
+from any of them is reported as one line `error: ...` with exit code 2 (`--debug` or S4V_DEBUG=1: the
+traceback), so each sub-command only raises it.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
+
+from s4v.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
 
 # name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -17,20 +22,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: s4v COMMAND [args]", "", "commands:"]
+    lines = ["usage: s4v COMMAND [args] [--debug]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", f"{DEBUG_FLAG} (or {DEBUG_ENV}=1): show the traceback of an input error"]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+@entry_point
+def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"s4v: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown command {name!r}{hint}; commands: {', '.join(COMMANDS)} (s4v --help)")
     module_name, func_name = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
 

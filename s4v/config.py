@@ -3,7 +3,9 @@
 One `Config` describes a whole run (model, data, recipe, run control, tracking). The DeepSpeed JSON holds
 only the *system* side (precision, ZeRO stage, communication); the recipe values DeepSpeed needs (batch
 sizes, accumulation, clipping) are derived from this config so the two files cannot disagree.
-Values are checked against the dataclass field types, so a typo or a wrong type fails before training.
+Values are checked against the dataclass field types (enumerations are `Literal` types) and the preset
+against the task and image size, so a typo or a wrong type fails before any process group, loader or
+model exists. This module imports neither torch nor DeepSpeed, so that check costs a fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,24 +16,28 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from s4v.choices import AttnBackend, Matching, ModelKind, Task, TemporalImpl
 from s4v.data.config import DataConfig
+from s4v.errors import UserError
+from s4v.models.architectures import PRESETS
 
 
 @dataclass
 class ModelConfig:
     """Which preset (paper Table 1) and model kind; the frozen tower's weights from a local file."""
 
-    task: str = "recognition"  # "recognition" | "retrieval" (text-video; presets from RETRIEVAL_PRESETS)
-    preset: str = "tiny"
-    kind: str = "side4video"  # "side4video" | "meanpool" (order-invariant frozen-[CLS] probe / CLIP4Clip frozen)
+    task: Task = "recognition"
+    preset: str = "tiny"  # a name of s4v.models.architectures.PRESETS whose task is `task`
+    kind: ModelKind = "side4video"
     checkpoint: str | None = None  # open_clip / EVA-CLIP weights file; None: random init (seeded)
-    attn_backend: str = "sdpa"
+    attn_backend: AttnBackend = "sdpa"
+    temporal_impl: TemporalImpl = "auto"
     dropout: float | None = None  # head dropout; None: the preset's value
-    matching: str = "token"  # retrieval: "token" (token-wise, DRL/FILIP) | "global" (mean-pooled)
+    matching: Matching = "token"
     text_length: int = 32  # retrieval: caption tokens
 
 
@@ -89,43 +95,104 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- `section.key=value` overrides (values parsed as YAML scalars/lists)."""
+    """Defaults <- YAML file <- `section.key=value` overrides (values parsed as YAML scalars/lists).
+
+    Every mistake found here is a UserError. Whether `data.root` and the weights file exist is left to
+    `check_paths`, which the entry points call: a config may describe a machine other than this one.
+    """
     tree: dict[str, Any] = {}
     if path is not None:
-        tree = yaml.safe_load(Path(path).read_text()) or {}
+        if not Path(path).is_file():
+            raise UserError(f"config file {str(path)!r} not found")
+        tree = _yaml(Path(path).read_text(), str(path)) or {}
         if not isinstance(tree, dict):
-            raise ValueError(f"{path}: top level must be a mapping of sections")
+            raise UserError(f"{path}: top level must be a mapping of sections")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form section.key=value")
+            raise UserError(f"override {item!r} is not of the form section.key=value")
         node = tree
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
-    return build(Config, tree, "")
+                raise UserError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = _yaml(raw, f"override {item!r}") if raw.strip() else None
+    cfg = build(Config, tree, "")
+    check_preset(cfg)
+    return cfg
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        # PyYAML's own text spans several lines (it quotes the source); the problem and position fit one.
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}{at}") from None
+
+
+def check_preset(cfg: Config) -> None:
+    """`model.preset` is a preset of `model.task`, and `data.image_size` is the input size of its tower."""
+    name, task = cfg.model.preset, cfg.model.task
+    of_task = [n for n, p in PRESETS.items() if p.task == task]
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise UserError(_not_one_of("model.preset", name, of_task))
+    if preset.task != task:
+        # The preset of the same tower for the asked task is the likely intent ('b16' -> 'b16-retrieval').
+        same_tower = [n for n in of_task if PRESETS[n].backbone == preset.backbone]
+        close = difflib.get_close_matches(name, same_tower, n=1, cutoff=0.0)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"model.preset: {name!r} is a {preset.task} preset but model.task is {task!r}; "
+            f"{task} presets: {', '.join(map(repr, of_task))}{hint}"
+        )
+    if cfg.data.image_size != preset.image_size:
+        raise UserError(
+            f"data.image_size: {cfg.data.image_size} but preset {name!r} takes {preset.image_size}-pixel frames "
+            f"(set data.image_size={preset.image_size})"
+        )
+
+
+def check_paths(cfg: Config) -> None:
+    """What a run reads from this machine exists; the entry points call it before any process group starts."""
+    if not Path(cfg.data.root).is_dir():
+        raise UserError(f"data.root: {cfg.data.root!r} is not a directory")
+    if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
+        raise UserError(
+            f"model.checkpoint: {cfg.model.checkpoint!r} is not a file (weights are never downloaded; "
+            "pass a local file, or null for a random-init tower)"
+        )
+
+
+def _not_one_of(name: str, value: Any, choices: typing.Sequence[Any]) -> str:
+    """`name: value is not one of a, b (did you mean a?)`: the one-line message of every enumeration."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f" (did you mean {next(c for c in choices if str(c) == close[0])!r}?)" if close else ""
+    return f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}{hint}"
 
 
 def build(cls: type, tree: dict[str, Any], where: str) -> Any:
     """Instantiate dataclass `cls` from a nested dict, checking names and types (unknown keys fail)."""
     if not isinstance(tree, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {tree!r}")
+        raise UserError(f"{where or 'config'}: expected a mapping, got {tree!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in tree:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown config key {where}{key!r}{hint}; known: {sorted(names)}")
+            raise UserError(f"unknown config key {where}{key!r}{hint}; known: {sorted(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in tree:
             continue
         tp, value = hints[f.name], tree[f.name]
         if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict | None):
+                raise UserError(f"{where}{f.name}: expected a mapping of keys, got {value!r}")
             base = dataclasses.asdict(_default(cls, f)) if _has_default(f) else {}
             kwargs[f.name] = build(tp, {**base, **(value or {})}, f"{where}{f.name}.")
         else:
@@ -153,12 +220,17 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
                 continue
             try:
                 return _coerce(value, a, name)
-            except ValueError as e:
+            except UserError as e:
                 errors.append(str(e))
-        raise ValueError("; ".join(errors))
+        raise UserError("; ".join(errors))
+    if origin is Literal:
+        # By type as well as value: YAML's `true` equals 1 but is not the crop count 1.
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise UserError(_not_one_of(name, value, args))
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{name}: expected a list of {len(args)} values, got {value!r}")
+            raise UserError(f"{name}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, name) for v, a in zip(value, args, strict=True))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -171,7 +243,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return value
     if tp is Any:
         return value
-    raise ValueError(f"{name}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise UserError(f"{name}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Run config and override layer, Table 12 configs, DeepSpeed config resolution, LR schedule, fp32
-BatchNorm under bf16, the trainable view, evaluation metrics, and a bf16 CPU run."""
+"""Run config and override layer (types, enumerations, preset against task and image size, paths), Table 12
+configs, DeepSpeed config resolution, LR schedule, fp32 BatchNorm under bf16, the trainable view, evaluation
+metrics, and a bf16 CPU run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from s4v.config import flatten, load_config, to_dict
+from s4v.config import check_paths, flatten, load_config, to_dict
+from s4v.data.config import parse_views
+from s4v.errors import UserError
 from s4v.models import PRESETS, create_model
 from s4v.train.engine import (
     TrainableView,
@@ -45,6 +48,96 @@ def test_yaml_then_overrides_with_type_checks() -> None:
         load_config(None, ["data.batch_size=big"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["optim.lr"])
+
+
+def test_enumerations_are_checked_when_loaded(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as err:
+        load_config(None, ["model.task=recogniton"])
+    assert str(err.value) == (
+        "model.task: 'recogniton' is not one of 'recognition', 'retrieval' (did you mean 'recognition'?)"
+    )
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("data:\n  root: data/synth\n  fmt: ssv3\n")
+    with pytest.raises(
+        UserError, match=r"^data\.fmt: 'ssv3' is not one of 'list', .*'vatex' \(did you mean 'ssv2'\?\)$"
+    ):
+        load_config(yaml_file)
+    with pytest.raises(UserError) as err:  # nothing close: no hint
+        load_config(None, ["model.kind=linear"])
+    assert str(err.value) == "model.kind: 'linear' is not one of 'side4video', 'meanpool'"
+    with pytest.raises(UserError, match=r"did you mean 'flash_attn'"):
+        load_config(None, ["model.attn_backend=flash"])
+    with pytest.raises(UserError, match=r"^model\.matching: 'tokens' is not one of 'token', 'global'"):
+        load_config(None, ["model.matching=tokens"])
+    with pytest.raises(UserError, match=r"^model\.temporal_impl: 'trition' .*did you mean 'triton'"):
+        load_config(None, ["model.temporal_impl=trition"])
+    with pytest.raises(UserError, match=r"^data\.sampling: 'tsn' is not one of 'segment', 'dense'$"):
+        load_config(None, ["data.sampling=tsn"])
+    with pytest.raises(UserError, match=r"^data\.backend: 'nvdec' is not one of 'auto', 'dali', 'pyav'$"):
+        load_config(None, ["data.backend=nvdec"])
+    with pytest.raises(UserError, match=r"^data\.test_crops: 2 is not one of 1, 3$"):
+        load_config(None, ["data.test_crops=2"])
+    with pytest.raises(UserError, match=r"^data\.test_crops: True is not one of 1, 3$"):  # YAML true == 1
+        load_config(None, ["data.test_crops=true"])
+    assert load_config(None).model.temporal_impl == "auto"
+    cfg = load_config(
+        None, ["model.temporal_impl=reference", "data.sampling=dense", "data.backend=pyav", "data.test_crops=3"]
+    )
+    assert (cfg.model.temporal_impl, cfg.data.sampling, cfg.data.backend, cfg.data.test_crops) == (
+        "reference",
+        "dense",
+        "pyav",
+        3,
+    )
+
+
+def test_preset_must_belong_to_the_task_and_set_the_image_size() -> None:
+    with pytest.raises(UserError, match=r"^model\.preset: 'tinyy' is not one of 'tiny', .*\(did you mean 'tiny'\?\)$"):
+        load_config(None, ["model.preset=tinyy"])
+    with pytest.raises(
+        UserError,
+        match=r"^model\.preset: 'tiny' is a recognition preset but model\.task is 'retrieval'; "
+        r"retrieval presets: 'tiny-retrieval', .* \(did you mean 'tiny-retrieval'\?\)$",
+    ):
+        load_config(None, ["model.task=retrieval"])
+    with pytest.raises(UserError, match=r"did you mean 'b16-retrieval'"):
+        load_config(None, ["model.task=retrieval", "model.preset=b16", "data.image_size=224"])
+    with pytest.raises(UserError, match=r"'tiny-retrieval' is a retrieval preset .* \(did you mean 'tiny'\?\)"):
+        load_config(None, ["model.preset=tiny-retrieval"])
+    with pytest.raises(UserError, match=r"^data\.image_size: 64 but preset 'b16' takes 224-pixel frames"):
+        load_config(None, ["model.preset=b16"])
+    assert load_config(None, ["model.task=retrieval", "model.preset=tiny-retrieval"]).model.preset == "tiny-retrieval"
+    assert load_config(None, ["model.preset=b16", "data.image_size=224"]).data.image_size == 224
+    for path in sorted(CONFIGS.glob("*.yaml")):  # every shipped config passes the load-time checks
+        load_config(path)
+
+
+def test_load_errors_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  preset: [tiny\n")
+    with pytest.raises(UserError, match=r"broken\.yaml: invalid YAML: .* at line 3, column 1$"):
+        load_config(broken)
+    with pytest.raises(UserError, match=r"^model: expected a mapping"):
+        load_config(None, ["model=3"])
+
+
+def test_paths_are_checked_apart_from_loading(tmp_path: Path) -> None:
+    """A config may name another machine's data, so loading accepts it; the entry points then check."""
+    cfg = load_config(None, [f"data.root={tmp_path / 'nope'}"])
+    with pytest.raises(UserError, match=r"^data\.root: '.*nope' is not a directory$"):
+        check_paths(cfg)
+    check_paths(load_config(None, [f"data.root={tmp_path}"]))
+    with pytest.raises(UserError, match=r"^model\.checkpoint: '.*w\.pt' is not a file"):
+        check_paths(load_config(None, [f"data.root={tmp_path}", f"model.checkpoint={tmp_path / 'w.pt'}"]))
+
+
+def test_views_spec() -> None:
+    assert parse_views("3x2") == (3, 2) and parse_views("1X1") == (1, 1)
+    for bad, reason in (("3by2", "expected CROPSxCLIPS"), ("2x1", "crops must be one of 1, 3"), ("3x0", "at least 1")):
+        with pytest.raises(UserError, match=reason):
+            parse_views(bad)
 
 
 # (dataset, backbone): (preset, lr, global batch, epochs, warmup epochs) as read from paper Table 12

@@ -1,13 +1,25 @@
-"""Data configuration: one typed dataclass shared by the trainer, the evaluator and the benchmarks."""
+"""Data configuration: one typed dataclass shared by the trainer, the evaluator and the benchmarks.
+
+Enumerated fields are `Literal` types: the config loader (`s4v.config`) checks them when a run config
+is read, before any process or loader starts, so they carry no checks of their own here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+from s4v.errors import UserError
 
 # OpenAI CLIP statistics: every backbone here (CLIP, EVA-CLIP) was pre-trained with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FORMATS = ("list", "ssv1", "ssv2", "k400", "msrvtt", "msvd", "vatex")
+
+# Annotation layouts: recognition sets, then the retrieval caption sets.
+Format = Literal["list", "ssv1", "ssv2", "k400", "msrvtt", "msvd", "vatex"]
+Sampling = Literal["segment", "dense"]  # TSN segments (SSv2) | K400-style fixed stride
+DecodeBackend = Literal["auto", "dali", "pyav"]
+TestCrops = Literal[1, 3]  # centre | both ends + centre of the long side
 
 
 @dataclass
@@ -22,11 +34,11 @@ class DataConfig:
     root: str
     train_list: str = "train.txt"
     val_list: str = "val.txt"
-    fmt: str = "list"  # "list" | "ssv1" | "ssv2" | "k400"; retrieval: "msrvtt" | "msvd" | "vatex"
+    fmt: Format = "list"
     class_file: str | None = None  # classes.txt / labels json or csv; None: the format's default
     num_frames: int = 8
     image_size: int = 64
-    sampling: str = "segment"  # "segment" (TSN, SSv2) | "dense" (K400-style fixed stride)
+    sampling: Sampling = "segment"
     dense_stride: int = 8  # frame step of dense sampling
     batch_size: int = 16
     crop_scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop area range
@@ -34,23 +46,18 @@ class DataConfig:
     flip: bool | None = None
     randaugment: str | None = None  # timm spec, e.g. "rand-m7-n4-mstd0.5-inc1" (Table 12, SSv2)
     grayscale: float = 0.0  # probability (Table 12: 0.2 for K400 ViT-B)
-    backend: str = "auto"  # "auto" | "dali" | "pyav"
-    device: str = "cpu"  # where decoded batches land; "cuda" selects NVDEC under DALI
+    backend: DecodeBackend = "auto"
+    # Where decoded batches land; "cuda" selects NVDEC under DALI. A plain string, not an enumeration:
+    # the trainer narrows "cuda" to the rank's own device ("cuda:1").
+    device: str = "cpu"
     num_workers: int = 2  # PyAV worker processes / DALI CPU threads
-    test_crops: int = 1  # 1 (centre) or 3 (both ends + centre of the long side)
+    test_crops: TestCrops = 1
     test_clips: int = 1
     max_bad_videos: int = 10  # per epoch and rank; more stops the run with an error
     video_ext: str = ".mp4"  # file extension of Kinetics videos (ssv2: .webm)
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {'|'.join(FORMATS)}, got {self.fmt!r}")
-        if self.sampling not in ("segment", "dense"):
-            raise ValueError(f"sampling must be segment|dense, got {self.sampling!r}")
-        if self.backend not in ("auto", "dali", "pyav"):
-            raise ValueError(f"backend must be auto|dali|pyav, got {self.backend!r}")
-        if self.test_crops not in (1, 3):
-            raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
+        # Python callers may pass lists; tuples as the loader makes them, so equal configs compare equal.
         self.crop_scale, self.crop_ratio = tuple(self.crop_scale), tuple(self.crop_ratio)
 
     @property
@@ -60,3 +67,16 @@ class DataConfig:
     @property
     def num_views(self) -> int:
         return self.test_crops * self.test_clips
+
+
+def parse_views(spec: str) -> tuple[int, int]:
+    """`--views CROPSxCLIPS` (e.g. "3x2") -> (test_crops, test_clips), checked like the config fields."""
+    crops_text, sep, clips_text = spec.lower().partition("x")
+    if not (sep and crops_text.isdigit() and clips_text.isdigit()):
+        raise UserError(f"--views {spec!r}: expected CROPSxCLIPS, e.g. 3x2")
+    crops, clips = int(crops_text), int(clips_text)
+    if crops not in get_args(TestCrops):
+        raise UserError(f"--views {spec!r}: crops must be one of {', '.join(map(str, get_args(TestCrops)))}")
+    if clips < 1:
+        raise UserError(f"--views {spec!r}: clips must be at least 1")
+    return crops, clips

@@ -20,6 +20,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from s4v.errors import UserError
+
 # (forward name, reversed name, motion kind); class 2k is the forward motion, class 2k+1 its time reverse.
 PAIRS: list[tuple[str, str, str]] = [
     ("moving right", "moving left", "translate_x"),
@@ -45,7 +47,7 @@ FPS = 8
 
 def class_names(num_classes: int) -> list[str]:
     if not 2 <= num_classes <= MAX_CLASSES or num_classes % 2:
-        raise ValueError(f"num_classes must be even and in [2, {MAX_CLASSES}], got {num_classes}")
+        raise UserError(f"--classes must be even and in [2, {MAX_CLASSES}], got {num_classes}")
     return [name for fwd, rev, _ in PAIRS for name in (fwd, rev)][:num_classes]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from s4v.errors import UserError
 from s4v.memory.step import GiB, account_step
 from s4v.memory.workloads import MethodSpec, workload
 from s4v.models.architectures import BACKBONES
@@ -141,11 +142,15 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--dims", type=int, nargs="*", default=list(DIMS))
     ap.add_argument("--json", help="also write the candidates and the recommendation here")
     args = ap.parse_args(argv)
+    tower_layers = BACKBONES[args.backbone].layers
+    for layers in args.layers or ():
+        if not 0 < layers <= tower_layers or tower_layers % layers:
+            raise UserError(f"--layers {layers}: a side network must read {tower_layers} frozen layers evenly")
     budget = args.gpu_mem - args.reserve
     planner = Planner(args.backbone, budget, args.frames, args.precision, args.attention, args.num_classes)
     planner.verbose = True
     found = []
-    for layers in args.layers or depths(BACKBONES[args.backbone].layers):
+    for layers in args.layers or depths(tower_layers):
         cand = planner.widest(layers, tuple(sorted(args.dims)), args.min_batch)
         if cand is not None:
             found.append(cand)

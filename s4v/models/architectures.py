@@ -8,10 +8,8 @@ figure axes, kernel benchmark shapes) is derived from these rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-BlockForm = Literal["pre", "post"]
-Task = Literal["recognition", "retrieval"]
+from s4v.choices import BlockForm, Task
 
 
 @dataclass(frozen=True)
@@ -98,5 +96,5 @@ def find_preset(task: Task, backbone: str, largest: bool = False) -> str:
     names = [n for n, p in presets_for(task).items() if p.backbone == backbone]
     if not names:
         raise ValueError(f"no {task} preset on backbone {backbone!r}")
-    size = {n: PRESETS[n].side_layers * PRESETS[n].side_dim**2 for n in names}
+    size = {n: PRESETS[n].side_layers * PRESETS[n].side_dim ** 2 for n in names}
     return (max if largest else min)(names, key=size.__getitem__)

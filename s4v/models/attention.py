@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-AttnBackend = Literal["sdpa", "math", "flash_attn", "xformers"]
-ATTN_BACKENDS: tuple[str, ...] = ("sdpa", "math", "flash_attn", "xformers")
+from s4v.choices import AttnBackend
+
+ATTN_BACKENDS: tuple[AttnBackend, ...] = get_args(AttnBackend)
 _GPU_ONLY = {"flash_attn": "flash_attn", "xformers": "xformers"}
 
 

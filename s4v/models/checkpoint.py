@@ -19,16 +19,23 @@ from safetensors.torch import load_file
 from timm.models.eva import checkpoint_filter_fn as eva_filter
 from torch import Tensor, nn
 
+from s4v.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+# Both keep their former base class as well, so callers that catch RuntimeError / FileNotFoundError still do.
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that does not fit the model it is loaded into."""
+
+
+class WeightsNotFoundError(UserError, FileNotFoundError):
+    """The weights file named by the config does not exist."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a checkpoint file, unwrapped from TorchScript / trainer containers."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (weights are never downloaded; pass a local file)")
+        raise WeightsNotFoundError(f"checkpoint not found: {path} (weights are never downloaded; pass a local file)")
     if path.suffix == ".safetensors":
         state = load_file(str(path))
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from s4v.kernels.temporal_conv import Impl
+from s4v.choices import TemporalImpl
 from s4v.models.backbone import FrozenBackbone
 from s4v.models.side import PAPER_SIDE, SideNetwork, SideOptions, batchnorm_tokens
 
@@ -47,7 +47,7 @@ class Side4VideoClassifier(VideoClassifier):
         side_layers: int,
         num_classes: int,
         dropout: float = 0.5,
-        temporal_impl: Impl = "auto",
+        temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
     ) -> None:
         super().__init__()

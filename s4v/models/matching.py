@@ -6,10 +6,14 @@ validity mask, and return an (Nt, Nv) similarity matrix.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor
 
-MATCHING = ("token", "global")
+from s4v.choices import Matching
+
+MATCHING: tuple[Matching, ...] = get_args(Matching)
 
 
 def token_wise_similarity(text: Tensor, mask: Tensor, frames: Tensor) -> Tensor:

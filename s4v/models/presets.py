@@ -6,19 +6,18 @@ factories; the presets themselves (paper Table 1) live in `s4v.models.architectu
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import torch
 
-from s4v.kernels.temporal_conv import Impl
-from s4v.models.architectures import PRESETS, Preset, Task
+from s4v.choices import AttnBackend, Matching, ModelKind, Task, TemporalImpl
+from s4v.models.architectures import PRESETS, Preset
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
 from s4v.models.retrieval import VideoTextRetrieval
 from s4v.models.side import PAPER_SIDE, SideOptions
 
-ModelKind = Literal["side4video", "meanpool"]
-MODEL_KINDS: tuple[ModelKind, ...] = ("side4video", "meanpool")
+MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 
 
 def _checked_preset(preset: str, kind: str, task: Task) -> Preset:
@@ -35,10 +34,10 @@ def create_model(
     num_classes: int,
     kind: ModelKind = "side4video",
     checkpoint: str | None = None,
-    attn_backend: str = "sdpa",
+    attn_backend: AttnBackend = "sdpa",
     device: str | torch.device = "cpu",
     frozen_dtype: torch.dtype | None = None,
-    temporal_impl: Impl = "auto",
+    temporal_impl: TemporalImpl = "auto",
     dropout: float | None = None,
     side_layers: int | None = None,
     side_dim: int | None = None,
@@ -70,12 +69,12 @@ def create_model(
 def create_retrieval_model(
     preset: str,
     kind: ModelKind = "side4video",
-    matching: str = "token",
+    matching: Matching = "token",
     checkpoint: str | None = None,
-    attn_backend: str = "sdpa",
+    attn_backend: AttnBackend = "sdpa",
     device: str | torch.device = "cpu",
     frozen_dtype: torch.dtype | None = None,
-    temporal_impl: Impl = "auto",
+    temporal_impl: TemporalImpl = "auto",
 ) -> VideoTextRetrieval:
     """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower."""
     p = _checked_preset(preset, kind, "retrieval")

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from s4v.choices import TemporalImpl
 from s4v.kernels import TemporalConvBranch
-from s4v.kernels.temporal_conv import Impl
 from s4v.models.fusion import NormDown
 
 PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^-0.5
@@ -139,7 +139,9 @@ class ClsShiftAttention(nn.Module):
 class SideBlock(nn.Module):
     """Fusion of one frozen layer, then temporal conv, [CLS]-shift attention and MLP, each residual."""
 
-    def __init__(self, dim: int, vit_width: int, temporal_impl: Impl = "auto", options: SideOptions = PAPER_SIDE):
+    def __init__(
+        self, dim: int, vit_width: int, temporal_impl: TemporalImpl = "auto", options: SideOptions = PAPER_SIDE
+    ) -> None:
         super().__init__()
         self.options = options
         self.fuse = NormDown(vit_width, dim)
@@ -186,7 +188,7 @@ class SideNetwork(nn.Module):
         num_patches: int,
         dim: int,
         layers: int,
-        temporal_impl: Impl = "auto",
+        temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
     ) -> None:
         super().__init__()

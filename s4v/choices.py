@@ -1,0 +1,16 @@
+"""The model enumerations, defined once: the config loader checks run configs against them and the
+model code takes its choices from them (`typing.get_args`), so the two cannot disagree.
+
+Plain `typing` only (no torch): the config loader imports this before anything heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Task = Literal["recognition", "retrieval"]
+BlockForm = Literal["pre", "post"]  # side-block normalisation: CLIP towers pre-norm, ViT-E post-norm
+ModelKind = Literal["side4video", "meanpool"]  # meanpool: order-invariant frozen-[CLS] probe / CLIP4Clip frozen
+Matching = Literal["token", "global"]  # retrieval: token-wise (DRL / FILIP) | mean-pooled global
+AttnBackend = Literal["sdpa", "math", "flash_attn", "xformers"]
+TemporalImpl = Literal["auto", "triton", "reference"]  # auto: Triton kernels on CUDA tensors, PyTorch elsewhere
