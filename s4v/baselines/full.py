@@ -73,4 +73,3 @@ class CLIP4Clip(nn.Module):
         """(B, B) video-to-text logits."""
         t = F.normalize(self.encode_text(text), dim=-1)
         return self.clip.logit_scale.exp() * self.encode_video(video) @ t.t()
-
