@@ -172,6 +172,8 @@ class SideBlock(nn.Module):
         b, t, _, d = s.shape
         z = self.fused_features(frozen).view(b, t, -1, d)
         s = self.merge(s, z)
+        if self.options.cls_slot:  # the slot gets no position embedding
+            pos = torch.cat([pos.new_zeros(1, d), pos], dim=0)
         s = s + self.temporal(s)
         s = s + self.attn(s + pos, z[:, :, 0])
         return s + self.mlp(batchnorm_tokens(self.mlp_bn, s))
@@ -236,9 +238,6 @@ class SideNetwork(nn.Module):
         """Side output (B, T, N, d), or (B, T, 1 + N, d) with a [CLS] slot; the tower's last tokens (B*T, 1 + N, D)."""
         b, t = video.shape[:2]
         s = self.stem_tokens(video.to(self.stem.weight.dtype))
-        pos = self.pos
-        if self.options.cls_slot:  # the slot gets no position embedding
-            pos = torch.cat([pos.new_zeros(1, self.dim), pos], dim=0)
         if self.extra_cls is not None:
             s = torch.cat([self.extra_cls.to(s.dtype).expand(b, t, 1, -1), s], dim=2)
         x = backbone.embed(video.flatten(0, 1))
@@ -246,7 +245,7 @@ class SideNetwork(nn.Module):
         for index in range(len(backbone.blocks)):
             x = backbone.block(index, x)
             if index in readers:
-                s = readers[index](s, x, pos)
+                s = readers[index](s, x, self.pos)
         return s, x
 
     def head_tokens(self, s: Tensor) -> Tensor:
