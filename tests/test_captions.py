@@ -1,4 +1,5 @@
-"""Retrieval annotation readers on files written in each dataset's distributed layout."""
+"""Retrieval annotation readers on files written in each dataset's distributed layout; the loader reads
+them once and the retrieval task takes them from it; no import cycle among s4v's modules."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
+from s4v.config import load_config
+from s4v.data import annotations, build_loader
 from s4v.data.annotations import AnnotationError
 from s4v.data.captions import load_caption_split
+from s4v.train.tasks import make_task
 
 
 def _msrvtt(root: Path) -> None:
@@ -58,3 +63,29 @@ def test_malformed_annotations_name_the_file(tmp_path: Path) -> None:
         load_caption_split("msrvtt", tmp_path, "orphan.csv", None)
     with pytest.raises(AnnotationError, match="not found"):
         load_caption_split("msvd", tmp_path, "train_list.txt", None)
+
+
+def test_loader_reads_the_captions_once_and_the_retrieval_task_takes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _msrvtt(tmp_path)
+    reads = []
+    monkeypatch.setattr(annotations, "load_caption_split", lambda *a: reads.append(a) or load_caption_split(*a))
+    cfg = load_config(
+        None,
+        [
+            "model.task=retrieval",
+            "model.preset=tiny-retrieval",
+            f"data.root={tmp_path}",
+            "data.fmt=msrvtt",
+            "data.train_list=MSRVTT_train.9k.csv",
+            "data.batch_size=1",
+            "data.backend=pyav",
+        ],
+    )
+    loader = build_loader(cfg.data, "train")
+    task = make_task(cfg, torch.float32, torch.device("cpu"), loader)
+    assert len(reads) == 1 and loader.captions is not None and loader.classes == ["video0", "video1"]
+    assert [r.label for r in loader.records] == [0, 1]  # each video is its own class
+    assert task.train_tokens.captions is loader.captions
+    assert task.train_tokens.sample(torch.tensor([1, 0]), epoch=0).shape == (2, cfg.model.text_length)

@@ -2,8 +2,9 @@
 
 Formats as distributed: SSv2 json (labels.json + train/validation json), SSv1 csv (`id;class name`,
 frames as JPEG folders), Kinetics-400 csv (`label,youtube_id,time_start,time_end,split`), and a
-generic list (`path label` or TSN-style `path num_frames label`). A malformed entry raises
-`AnnotationError` naming the file and line.
+generic list (`path label` or TSN-style `path num_frames label`); the retrieval formats (MSR-VTT,
+MSVD, VATEX) are read by `s4v.data.captions`. A malformed entry raises `AnnotationError` naming the
+file and line.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from s4v.data.captions import CAPTION_FORMATS, CaptionSplit, load_caption_split
 from s4v.data.config import DataConfig
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation file; the message starts with `file:line:`."""
+from s4v.data.records import AnnotationError, VideoRecord
 
 
 @dataclass(frozen=True)
-class VideoRecord:
-    path: str
-    label: int
+class Split:
+    """One split as the loader needs it; the retrieval formats also keep the captions they read."""
+
+    records: list[VideoRecord]
+    classes: list[str]
+    captions: CaptionSplit | None = None
 
 
 def _resolve(root: Path, name: str | None) -> Path | None:
@@ -125,24 +127,28 @@ def load_k400(path: Path, root: Path, names: list[str], ext: str) -> list[VideoR
 
 def load_split(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[str]]:
     """Records of `split` ("train" | "val") and the class names of the dataset."""
+    loaded = read_split(cfg, split)
+    return loaded.records, loaded.classes
+
+
+def read_split(cfg: DataConfig, split: str) -> Split:
+    """Read the annotation files of `split` ("train" | "val") once, whatever the format."""
     root = Path(cfg.root)
     ann = _resolve(root, cfg.train_list if split == "train" else cfg.val_list)
-    if cfg.fmt in ("msrvtt", "msvd", "vatex"):  # retrieval: "classes" are the video ids, label = video index
-        from s4v.data.captions import load_caption_split
-
+    if cfg.fmt in CAPTION_FORMATS:  # retrieval: each video is its own class, named by its id
         captions = load_caption_split(cfg.fmt, root, ann, cfg.class_file)
-        return captions.records, captions.video_ids
+        return Split(captions.records, captions.video_ids, captions)
     classes = _resolve(root, cfg.class_file)
     if cfg.fmt == "ssv2":
-        return load_ssv2(ann, root, classes or root / "something-something-v2-labels.json")
+        return Split(*load_ssv2(ann, root, classes or root / "something-something-v2-labels.json"))
     if cfg.fmt == "ssv1":
-        return load_ssv1(ann, root, classes or root / "something-something-v1-labels.csv")
+        return Split(*load_ssv1(ann, root, classes or root / "something-something-v1-labels.csv"))
     if cfg.fmt == "k400":
         if classes is not None:
             names = _read_classes(classes)
         else:  # Kinetics has no class file: classes are the sorted labels of the training csv
             names = sorted({row["label"] for _, row in _k400_rows(_resolve(root, cfg.train_list))})
-        return load_k400(ann, root, names, cfg.video_ext), names
+        return Split(load_k400(ann, root, names, cfg.video_ext), names)
     records = load_list(ann, root)
     classes = classes or root / "classes.txt"
     if classes.exists():
@@ -152,4 +158,4 @@ def load_split(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[str
     bad = next((r for r in records if r.label >= len(names)), None)
     if bad is not None:
         raise AnnotationError(f"{ann}: label {bad.label} of {bad.path} >= number of classes {len(names)}")
-    return records, names
+    return Split(records, names)

@@ -1,7 +1,7 @@
 """Text-video retrieval annotations as distributed: MSR-VTT, MSVD, VATEX.
 
-Each split becomes video records (label = index of the video in the split, so the video loader's
-batches carry it) plus every caption of every video. Training samples one caption per video and
+Each split becomes video records (every video is its own class: label = its index in the split) plus
+every caption of every video, aligned with the records. Training samples one caption per video and
 step; testing follows each dataset's protocol: MSR-VTT 1k-A has one caption per test video (the
 JSFUSION csv), MSVD and VATEX test all captions of a video (multi-caption ranking).
 
@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from s4v.data.annotations import AnnotationError, VideoRecord
+from s4v.data.records import AnnotationError, VideoRecord
 
 CAPTION_FORMATS = ("msrvtt", "msvd", "vatex")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")
@@ -91,7 +91,7 @@ def load_caption_split(
 ) -> CaptionSplit:
     """Read one split; errors name the file and the video that is wrong."""
     if fmt not in READERS:
-        raise ValueError(f"unknown caption format {fmt!r}; choose one of {CAPTION_FORMATS}")
+        raise AnnotationError(f"unknown caption format {fmt!r}; choose one of {CAPTION_FORMATS}")
     root = Path(root)
     split_file = root / split_file
     name = caption_file or DEFAULT_CAPTION_FILES.get(fmt)

@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s4v.data.annotations import VideoRecord, load_split
+from s4v.data.annotations import read_split
+from s4v.data.backend import resolve_backend
+from s4v.data.captions import CaptionSplit
 from s4v.data.config import DataConfig
-from s4v.data.dali import CPU_CODECS
 from s4v.data.decode import BadVideo, decode_frames, probe, read_bytes
+from s4v.data.records import VideoRecord
 from s4v.data.sampling import clip_indices
 from s4v.data.transforms import draw_params, test_views, train_transform
+from s4v.errors import UserError
 
 log = logging.getLogger("s4v.data")
 
@@ -68,7 +71,9 @@ def finish(p: Prepared, decoded: torch.Tensor, cfg: DataConfig, train: bool) -> 
     return torch.cat([test_views(c, cfg) for c in clips])
 
 
-def _collate(videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[str, str]], train: bool):
+def _collate(
+    videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[str, str]], train: bool
+) -> dict[str, object]:
     if videos:
         video = torch.stack(videos)
         if not train and video.shape[1] == 1:  # a single view keeps the training layout
@@ -86,7 +91,7 @@ def _collate(videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[
 class _PyAVBatches(torch.utils.data.Dataset):
     """Item b = the whole batch b, decoded and augmented in a worker process."""
 
-    def __init__(self, loader: VideoLoader, batches: list[np.ndarray]):
+    def __init__(self, loader: VideoLoader, batches: list[np.ndarray]) -> None:
         self.cfg, self.records, self.train = loader.cfg, loader.records, loader.train
         self.seed, self.epoch, self.batches = loader.seed, loader.epoch, batches
 
@@ -126,17 +131,35 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one process per core: intra-op threads would oversubscribe
 
 
-class VideoLoader:
-    """Iterable of batches {"video", "label", "index"} for one split on one rank (see module doc)."""
+def _rng_isolated(batches: Iterator[dict]) -> Iterator[dict]:
+    """Pull batches without touching the global torch RNG: torch's DataLoader draws a base seed from it
+    when an iterator starts, which would shift the trainer's dropout masks after a mid-epoch resume."""
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
 
-    def __init__(self, cfg: DataConfig, split: str, rank: int = 0, world_size: int = 1, seed: int = 0):
+
+class VideoLoader:
+    """Iterable of batches {"video", "label", "index"} for one split on one rank (see module doc).
+
+    `index` is the video's position in the split; `label` its class (for the retrieval formats, where
+    each video is its own class, the two coincide). `captions` holds the split's captions when the
+    format has them, so a retrieval task does not read the annotation files a second time.
+    """
+
+    def __init__(self, cfg: DataConfig, split: str, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be train|val, got {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.cfg, self.split, self.train = cfg, split, split == "train"
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.records, self.classes = load_split(cfg, split)
+        loaded = read_split(cfg, split)
+        self.records, self.classes = loaded.records, loaded.classes
+        self.captions: CaptionSplit | None = loaded.captions
         self.backend = resolve_backend(cfg, self.records)
         self.epoch = 0
         self.bad_videos: list[tuple[str, str]] = []
@@ -180,13 +203,14 @@ class VideoLoader:
         """Batches start_batch.. of the current epoch, identical to those of a full pass.
 
         A batch shrinks by its bad videos (each logged with its file and reason); one with none left is
-        skipped. More than `max_bad_videos` in the epoch raises BadVideoError.
+        skipped. More than `max_bad_videos` in the epoch raises BadVideoError. Iterating leaves the
+        global torch RNG as it was.
         """
         self.bad_videos = []
         batches = self.batches()[start_batch:]
         source = self._iter_dali(batches) if self.backend == "dali" else self._iter_pyav(batches)
         device = torch.device(self.cfg.device)
-        for batch in source:
+        for batch in _rng_isolated(source):
             self._account(batch.pop("bad"))
             if batch["video"] is None:
                 continue
@@ -271,51 +295,13 @@ class VideoLoader:
         return _collate(videos, preps, bad, self.train)
 
 
-def resolve_backend(cfg: DataConfig, records: list[VideoRecord]) -> str:
-    """`auto`: DALI (NVDEC) when batches go to a GPU, else PyAV worker processes.
-
-    On CPU, DALI's decoder is as fast as PyAV's (benchmarks/decode.py) but it runs in the training
-    process, where torch's OpenMP threads spin against its decoder threads (2 cores: 450 clips/s alone,
-    30-70 beside a torch model); PyAV workers are separate processes. `backend="dali"` on CPU is still
-    available for VP8/VP9/MJPEG and is refused for other codecs.
-    """
-    on_gpu = torch.device(cfg.device).type == "cuda"
-    frame_dirs = bool(records) and Path(records[0].path).is_dir()
-    if cfg.backend == "auto":
-        return "dali" if on_gpu and not frame_dirs and _dali_available() else "pyav"
-    if cfg.backend == "dali" and records and not on_gpu:
-        codec = "frame folder" if frame_dirs else _codec(records[0].path)
-        if codec is not None and codec not in CPU_CODECS:
-            raise ValueError(
-                f"DALI's CPU decoder cannot read {codec} ({records[0].path}); "
-                "use backend='pyav' or device='cuda' (NVDEC)"
-            )
-    return cfg.backend
-
-
-def _dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _codec(path: str) -> str | None:
-    import av
-
-    try:
-        with av.open(path) as c:
-            return c.streams.video[0].codec_context.name
-    except Exception:
-        return None
-
-
-def build_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0):
+def build_loader(
+    cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0
+) -> VideoLoader:
     """The data contract's entry point; see `VideoLoader`."""
     loader = VideoLoader(cfg, split, rank, world_size, seed)
     if loader.train and len(loader) == 0:
-        raise ValueError(
+        raise UserError(
             f"{split} split of {cfg.root}: {len(loader.records)} videos over {world_size} rank(s) "
             f"give no full batch of {cfg.batch_size}"
         )

@@ -3,45 +3,42 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from s4v.config import Config
-from s4v.models import PRESETS, RETRIEVAL_PRESETS, create_model, create_retrieval_model
-from s4v.models.classifier import VideoClassifier
+from s4v.config import Config, check_preset
+from s4v.errors import UserError
+from s4v.models import create_model, create_retrieval_model
 
 
-def build_model(cfg: Config, num_classes: int, device: torch.device) -> VideoClassifier:
+def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
     """Seeded build: a random-init tower (no weights file) is the same on every rank and in eval."""
-    presets = RETRIEVAL_PRESETS if cfg.model.task == "retrieval" else PRESETS
-    preset = presets.get(cfg.model.preset)
-    if preset is None:
-        raise ValueError(f"unknown {cfg.model.task} preset {cfg.model.preset!r}; choose one of {sorted(presets)}")
-    if cfg.data.image_size != preset.image_size:
-        raise ValueError(
-            f"data.image_size={cfg.data.image_size} but preset {cfg.model.preset!r} expects {preset.image_size}"
-        )
+    check_preset(cfg)  # load_config checks it too; a Config built in code has not been through it
+    name, temporal_impl = cfg.model.preset, cfg.model.temporal_impl
     torch.manual_seed(cfg.train.seed)
     if cfg.model.task == "retrieval":
         return create_retrieval_model(
-            cfg.model.preset,
+            name,
             kind=cfg.model.kind,
             matching=cfg.model.matching,
             checkpoint=cfg.model.checkpoint,
             attn_backend=cfg.model.attn_backend,
             device=device,
+            temporal_impl=temporal_impl,
         )
     return create_model(
-        cfg.model.preset,
+        name,
         num_classes=num_classes,
         kind=cfg.model.kind,
         checkpoint=cfg.model.checkpoint,
         attn_backend=cfg.model.attn_backend,
         device=device,
+        temporal_impl=temporal_impl,
         dropout=cfg.model.dropout,
     )
 
 
 @torch.no_grad()
-def backbone_fingerprint(model: VideoClassifier) -> list[float]:
+def backbone_fingerprint(model: nn.Module) -> list[float]:
     """[sum, sum of |w|, count] over the frozen tower: catches a tower built from other weights or seed."""
     total = torch.zeros((), dtype=torch.float64, device=next(model.backbone.parameters()).device)
     absolute, count = total.clone(), 0
@@ -57,7 +54,7 @@ def check_fingerprint(expected: list[float], actual: list[float]) -> None:
         abs(e - a) <= 1e-5 * max(1.0, abs(e)) for e, a in zip(expected[:2], actual[:2], strict=True)
     )
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"frozen tower differs from the one the checkpoint was trained on (fingerprint {actual} vs "
             f"{expected}): check model.checkpoint / train.seed"
         )

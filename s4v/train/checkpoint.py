@@ -15,16 +15,47 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import yaml
 
-from s4v.config import Config, dump_config
+from s4v.config import Config, dump_config, to_dict
+from s4v.errors import UserError
+from s4v.train.build import check_fingerprint
 from s4v.train.distributed import barrier
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
 LATEST = "latest"
+POSITION_KEY = "s4v_position"  # the data position in DeepSpeed's client state
+_SHAPING = ("task", "preset", "kind", "matching")  # model fields that decide which trainable tensors exist
+
+
+@dataclass
+class DataPosition:
+    """Where a run is in its data: epoch, micro-batches of that epoch consumed, optimizer steps taken.
+
+    The trainer advances it and checkpoints store `state_dict()`; a resumed run continues with batch
+    `batch` of epoch `epoch`, and the loader's per-(seed, epoch) order makes those the same batches.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch = self.epoch + 1, 0
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -62,21 +93,22 @@ def write_meta(directory: Path, cfg: Config, meta: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    engine: Any, root: Path, step: int, position: dict[str, int], cfg: Config, meta: dict[str, Any], keep: int
+    engine: DeepSpeedEngine, root: Path, position: DataPosition, cfg: Config, meta: dict[str, Any], keep: int
 ) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     rank = engine.global_rank
-    tag = f"step_{step:08d}"
+    tag = f"step_{position.step:08d}"
     tmp_tag = f".tmp-{tag}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root / tmp_tag, ignore_errors=True)  # left over by a run killed while saving
     barrier()
-    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"s4v_position": position}, save_latest=False)
+    state = position.state_dict()
+    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={POSITION_KEY: state}, save_latest=False)
     tmp = root / tmp_tag
     torch.save(rng_state(), tmp / f"rng_rank{rank:05d}.pt")
     if rank == 0:
-        write_meta(tmp, cfg, {**meta, "step": step, **position})
+        write_meta(tmp, cfg, {**meta, **state})
     barrier()
     final = root / tag
     if rank == 0:
@@ -103,17 +135,43 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_checkpoint(engine: Any, path: Path) -> dict[str, int]:
-    """Restore trainable state, optimizer, scheduler and this rank's RNG; returns the data position."""
-    load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+def read_meta(directory: Path) -> dict[str, Any]:
+    """meta.json of a checkpoint or an export; a directory without one is not a checkpoint."""
+    path = directory / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{directory} is not a checkpoint directory (no meta.json)")
+    return json.loads(path.read_text())
+
+
+def check_resumable(directory: Path, cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
+    """The meta of checkpoint `directory` once it is known to fit this run: same trainable modules
+    (task, preset, kind, matching), same classes and the same frozen tower. Returns that meta."""
+    previous = read_meta(directory)
+    saved = yaml.safe_load((directory / "config.yaml").read_text())["model"]
+    ours = to_dict(cfg)["model"]
+    differ = [f"model.{k}={saved.get(k)!r} there, {ours[k]!r} here" for k in _SHAPING if saved.get(k) != ours[k]]
+    if previous["num_classes"] != meta["num_classes"]:
+        differ.append(f"{previous['num_classes']} classes there, {meta['num_classes']} here")
+    if differ:
+        raise UserError(f"checkpoint {directory} is of another model ({'; '.join(differ)}); resume with its config")
+    check_fingerprint(previous["backbone_fingerprint"], meta["backbone_fingerprint"])
+    return previous
+
+
+def load_checkpoint(engine: DeepSpeedEngine, path: Path, position: DataPosition) -> None:
+    """Restore trainable state, optimizer, scheduler, this rank's RNG and the data position."""
+    # DeepSpeed asserts (no message) on a directory without its model-state files, e.g. an export.
+    load_path = None
+    if any(path.glob("*model_states.pt")):
+        load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name)
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        raise UserError(f"{path} holds no DeepSpeed training state: resume from checkpoints/step_*, not final/")
     rng_file = path / f"rng_rank{engine.global_rank:05d}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     else:  # a different world size: the run continues, but not bitwise like the original
         print(f"[s4v] warning: {rng_file.name} missing in {path} (world size changed?); RNG not restored")
-    return dict(client["s4v_position"])
+    position.load_state_dict(client[POSITION_KEY])
 
 
 def export_trainable(view: torch.nn.Module, directory: Path, cfg: Config, meta: dict[str, Any]) -> Path:
@@ -135,4 +193,4 @@ def load_trainable(directory: Path) -> dict[str, torch.Tensor]:
     if ds_file.is_file():
         state = torch.load(ds_file, map_location="cpu", weights_only=False)["module"]
         return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    raise FileNotFoundError(f"{directory}: neither trainable.pt nor a DeepSpeed checkpoint")
+    raise UserError(f"{directory}: neither trainable.pt nor a DeepSpeed checkpoint")

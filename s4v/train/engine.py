@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from s4v.config import Config, OptimConfig
+from s4v.errors import UserError
 from s4v.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 # Recipe-derived keys: set from the run config, a DeepSpeed JSON may not contradict them.
 _DERIVED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
@@ -49,31 +54,78 @@ class TrainableView(nn.Module):
         return self.full(*inputs)
 
 
-def _fp32_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm with fp32 affine parameters on fp16/bf16 input; running statistics stay fp32."""
-    params = self._parameters
+def _fp32_affine_forward(bn: nn.modules.batchnorm._BatchNorm, base: type, x: torch.Tensor) -> torch.Tensor:
+    """`base.forward` with fp32 affine parameters on fp16/bf16 input; running statistics stay fp32."""
+    params = bn._parameters
     saved = params["weight"], params["bias"]
     try:
         params["weight"], params["bias"] = (None if p is None else p.float() for p in saved)
-        return super(type(self), self).forward(x)
+        return base.forward(bn, x)
     finally:
         params["weight"], params["bias"] = saved
 
 
-def keep_batchnorm_fp32(module: nn.Module) -> int:
-    """Make every BatchNorm of `module` normalise in fp32 once DeepSpeed casts its parameters to fp16/bf16.
+class Fp32BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that normalises in fp32 when its parameters are fp16/bf16 (see keep_batchnorm_fp32)."""
 
-    DeepSpeed keeps buffers (the running statistics) in fp32 and casts parameters; a BatchNorm then sees
-    half-precision affine weights beside fp32 statistics, which PyTorch rejects. The patched forward
-    upcasts the affine weights (gradients flow back to the half copies) and PyTorch's mixed-precision
-    batch norm computes statistics in fp32. Returns how many modules were patched.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fp32_affine_forward(self, nn.BatchNorm1d, x)
+
+
+class Fp32BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that normalises in fp32 when its parameters are fp16/bf16 (see keep_batchnorm_fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fp32_affine_forward(self, nn.BatchNorm2d, x)
+
+
+class Fp32BatchNorm3d(nn.BatchNorm3d):
+    """BatchNorm3d that normalises in fp32 when its parameters are fp16/bf16 (see keep_batchnorm_fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fp32_affine_forward(self, nn.BatchNorm3d, x)
+
+
+# Module-level classes, so a patched module pickles (torch.save of the whole module) and loads back.
+_FP32_BATCHNORM: dict[type, type] = {
+    nn.BatchNorm1d: Fp32BatchNorm1d,
+    nn.BatchNorm2d: Fp32BatchNorm2d,
+    nn.BatchNorm3d: Fp32BatchNorm3d,
+}
+
+
+def keep_batchnorm_fp32(module: nn.Module) -> int:
+    """Make every BatchNorm of `module` normalise in fp32 once its parameters are cast to fp16/bf16.
+
+    Buffers (the running statistics) stay fp32 while parameters are cast; a BatchNorm then sees
+    half-precision affine weights beside fp32 statistics, which PyTorch rejects. The Fp32BatchNorm*
+    classes upcast the affine weights (gradients flow back to the half copies) and PyTorch's
+    mixed-precision batch norm computes statistics in fp32. Returns how many modules were patched.
     """
     count = 0
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not type(m).__name__.startswith("Fp32"):
-            m.__class__ = type(f"Fp32{type(m).__name__}", (type(m),), {"forward": _fp32_batchnorm_forward})
+        if type(m) in _FP32_BATCHNORM:
+            m.__class__ = _FP32_BATCHNORM[type(m)]
             count += 1
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in _FP32_BATCHNORM.values():
+            raise TypeError(f"no fp32 variant of {type(m).__name__}; add one beside Fp32BatchNorm3d")
     return count
+
+
+def prepare_for_dtype(model: nn.Module, dtype: torch.dtype) -> TrainableView:
+    """Put `model` in the compute dtype the way training and evaluation both run it; returns its view.
+
+    The frozen tower is cast to `dtype`; trainable parameters are cast too (buffers stay fp32, as
+    DeepSpeed's fp16/bf16 modes leave them, so DeepSpeed's own cast of the view is then a no-op) and
+    every BatchNorm normalises in fp32.
+    """
+    model.backbone.to(dtype)  # each rank's frozen replica lives in the compute dtype
+    view = TrainableView(model)
+    if dtype != torch.float32:
+        for p in view.parameters():
+            p.data = p.data.to(dtype)
+        keep_batchnorm_fp32(view)
+    return view
 
 
 @dataclass(frozen=True)
@@ -87,7 +139,7 @@ def plan_batch(optim: OptimConfig, micro_batch: int, world_size: int) -> BatchPl
     """Global batch (Table 12) = micro batch x ranks x accumulation steps; must divide exactly."""
     per_step = micro_batch * world_size
     if optim.batch_size % per_step:
-        raise ValueError(
+        raise UserError(
             f"global batch optim.batch_size={optim.batch_size} is not a multiple of data.batch_size "
             f"({micro_batch}) x world size ({world_size})"
         )
@@ -117,14 +169,14 @@ def resolve_ds_config(ds: dict[str, Any], cfg: Config, plan: BatchPlan) -> dict[
     }
     for key in _DERIVED:
         if key in ds and ds[key] != derived[key]:
-            raise ValueError(
+            raise UserError(
                 f"DeepSpeed config sets {key}={ds[key]!r} but the run config gives {derived[key]!r}; "
                 "batch sizes and clipping come from the run config (optim.batch_size, data.batch_size, "
                 "optim.clip_grad): drop the key from the JSON"
             )
     ds.update(derived)
     if "optimizer" in ds or "scheduler" in ds:
-        raise ValueError("the DeepSpeed config must not define optimizer/scheduler: they come from the recipe")
+        raise UserError("the DeepSpeed config must not define optimizer/scheduler: they come from the recipe")
     return ds
 
 
@@ -136,7 +188,7 @@ def compute_dtype(ds: dict[str, Any]) -> torch.dtype:
     return torch.float32
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warmup from 0, then cosine decay to `min_ratio` (the reference's schedule)."""
 
     def factor(step: int) -> float:
@@ -163,17 +215,14 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
 
 def build_engine(
     model: nn.Module, cfg: Config, ds: dict[str, Any], dist: DistInfo, steps_per_epoch: int
-) -> tuple[Any, TrainableView]:
+) -> tuple[DeepSpeedEngine, TrainableView]:
     """deepspeed.initialize on the trainable view, with our AdamW and warmup-cosine schedule."""
     import deepspeed
 
     dtype = compute_dtype(ds)
     if dtype == torch.float16 and dist.device.type == "cpu":
-        raise ValueError("fp16 is not supported by DeepSpeed on CPU: use bf16 or fp32 (ds_configs/cpu.json)")
-    model.backbone.to(dtype)  # the frozen replica lives in the compute dtype
-    view = TrainableView(model)
-    if dtype != torch.float32:
-        keep_batchnorm_fp32(view)
+        raise UserError("fp16 is not supported by DeepSpeed on CPU: use bf16 or fp32 (ds_configs/cpu.json)")
+    view = prepare_for_dtype(model, dtype)
     optimizer = build_optimizer(model, cfg.optim)
     total = max(1, cfg.optim.epochs * steps_per_epoch)
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)

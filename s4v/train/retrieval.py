@@ -1,8 +1,8 @@
-"""Text-video retrieval as a training task: one caption per video and step, symmetric InfoNCE, R@K eval.
+"""Text-video retrieval pieces of the training task: caption sampling and tokenising, R@K evaluation.
 
-The video loader is shared with recognition (its batch "label" is the video's index in the split);
-captions come from the dataset's annotation files and are tokenised here with open_clip's tokenizer.
-Caption choice draws from `default_rng([seed, epoch, video])`, so a resumed run sees the same pairs.
+Captions come from the loader (read once with the split's annotations) and are tokenised here with
+open_clip's tokenizer of the preset's tower. Caption choice draws from `default_rng([seed, epoch, video])`,
+so a resumed run sees the same pairs.
 """
 
 from __future__ import annotations
@@ -14,25 +14,19 @@ import numpy as np
 import open_clip
 import torch
 
-from s4v.data.captions import CaptionSplit, load_caption_split
-from s4v.data.config import DataConfig
+from s4v.data.captions import CaptionSplit
 from s4v.metrics.retrieval import retrieval_metrics
-from s4v.models.backbone import BACKBONES
 from s4v.models.matching import blockwise_similarity
-from s4v.models.retrieval import VideoTextRetrieval, symmetric_info_nce
+from s4v.models.retrieval import VideoTextRetrieval
 from s4v.train.distributed import all_gather_objects
-
-
-def load_captions(cfg: DataConfig, split: str) -> CaptionSplit:
-    return load_caption_split(cfg.fmt, cfg.root, cfg.train_list if split == "train" else cfg.val_list, cfg.class_file)
 
 
 class CaptionTokens:
     """Tokenised captions of one split, and the deterministic per-step caption draw for training."""
 
-    def __init__(self, captions: CaptionSplit, backbone: str, context_length: int, seed: int) -> None:
+    def __init__(self, captions: CaptionSplit, tokenizer: str, context_length: int, seed: int) -> None:
         self.captions, self.seed = captions, seed
-        self.tokenizer = open_clip.get_tokenizer(BACKBONES[backbone], context_length=context_length)
+        self.tokenizer = open_clip.get_tokenizer(tokenizer, context_length=context_length)
 
     def sample(self, videos: torch.Tensor, epoch: int) -> torch.Tensor:
         """One caption per video of the batch (videos: indices into the split)."""
@@ -48,14 +42,10 @@ class CaptionTokens:
         return self.tokenizer(texts), torch.tensor(owner)
 
 
-def retrieval_loss(engine: Any, video: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return symmetric_info_nce(engine(video, tokens).float())
-
-
 @torch.no_grad()
 def evaluate_retrieval(
     model: VideoTextRetrieval,
-    batches: Iterable[dict],
+    batches: Iterable[dict[str, Any]],
     tokens: CaptionTokens,
     dtype: torch.dtype,
     device: torch.device,
@@ -74,7 +64,7 @@ def evaluate_retrieval(
         flat = video.flatten(0, 1) if views > 1 else video
         f = model.encode_video(flat.to(device, dtype)).float()
         frames.append(torch.nn.functional.normalize(f.view(video.shape[0], views, *f.shape[1:]).mean(1), dim=-1))
-        idx.append(batch["label"].cpu())
+        idx.append(batch["index"].cpu())
     parts = [p for p in all_gather_objects((idx, [f.cpu() for f in frames])) if p[0]]
     order = torch.cat([i for p in parts for i in p[0]])
     video_emb = torch.cat([f for p in parts for f in p[1]])[order.argsort()]

@@ -1,100 +1,149 @@
 """What differs between action recognition and text-video retrieval in the training loop.
 
 The trainer owns data order, DeepSpeed, checkpoints and tracking; a task supplies the loss of a batch,
-the evaluation and how its results are reported. Both tasks share the video loader.
+the evaluation and how its results are reported. Both tasks share the video loader and follow one
+protocol, `Task`, so the trainer and `launch/eval.py` call them the same way.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from s4v.config import Config
-from s4v.models import RETRIEVAL_PRESETS
+from s4v.data.loader import VideoLoader
+from s4v.errors import UserError
+from s4v.models.architectures import PRESETS
+from s4v.models.retrieval import symmetric_info_nce
 from s4v.train import evaluate as recognition
 from s4v.train import retrieval
+
+Batch = dict[str, Any]  # a loader batch: "video", "label", "index" tensors
+Metrics = dict[str, Any]
+
+
+class Task(Protocol):
+    """The task-specific part of training and evaluation.
+
+    `model` in `loss` is what the trainer steps (the DeepSpeed engine); in `evaluate` it is the full
+    model (frozen tower included), already in the compute dtype. The task holds that dtype and the device.
+    """
+
+    def loss(self, model: Callable[..., torch.Tensor], batch: Batch, epoch: int) -> torch.Tensor:
+        """Training loss of one micro-batch whose "video" is already on the device in the compute dtype."""
+        ...
+
+    def evaluate(self, model: nn.Module, loader: VideoLoader) -> Metrics:
+        """Collective: every rank evaluates its shard of `loader`; rank 0's result holds all of them."""
+        ...
+
+    def summary(self, metrics: Metrics) -> str: ...
+
+    def tracked(self, metrics: Metrics) -> dict[str, float]: ...
+
+    def headline(self, metrics: Metrics | None) -> dict[str, Any]: ...
+
+    def write_report(self, metrics: Metrics, out_dir: Path, name: str) -> tuple[Path, ...]: ...
+
+
+def _views(loader: VideoLoader) -> str:
+    return f"{loader.cfg.test_crops}x{loader.cfg.test_clips}"
 
 
 class RecognitionTask:
     """Label-smoothed cross-entropy; multi-view top-1/top-5, per-class accuracy, confusion matrix."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, dtype: torch.dtype, device: torch.device) -> None:
+        self.label_smoothing, self.dtype, self.device = cfg.optim.label_smoothing, dtype, device
 
-    def loss(self, engine: Any, video: torch.Tensor, batch: dict, epoch: int) -> torch.Tensor:
-        logits = engine(video)
+    def loss(self, model: Callable[..., torch.Tensor], batch: Batch, epoch: int) -> torch.Tensor:
+        logits = model(batch["video"])
         label = batch["label"].to(logits.device)
-        return F.cross_entropy(logits.float(), label, label_smoothing=self.cfg.optim.label_smoothing)
+        return F.cross_entropy(logits.float(), label, label_smoothing=self.label_smoothing)
 
-    def evaluate(
-        self, engine: Any, model: Any, batches: Any, loader: Any, dtype: torch.dtype, device: torch.device
-    ) -> dict[str, Any]:
-        """Collective: each rank predicts its shard, rank 0 receives all predictions."""
-        engine.eval()
-        idx, labels, probs = recognition.predict(lambda v: engine(v.to(device)), batches, dtype)
-        engine.train()
+    def evaluate(self, model: nn.Module, loader: VideoLoader) -> Metrics:
+        was_training = model.training
+        model.eval()
+        idx, labels, probs = recognition.predict(lambda v: model(v.to(self.device)), loader, self.dtype)
+        model.train(was_training)
         labels, probs = recognition.gather_predictions(idx, labels, probs)
         metrics = recognition.classification_metrics(labels, probs, list(loader.classes))
-        metrics["views"] = f"{loader.cfg.test_crops}x{loader.cfg.test_clips}"
+        metrics["views"] = _views(loader)
         return metrics
 
-    @staticmethod
-    def tracked(metrics: dict[str, Any]) -> dict[str, float]:
+    def summary(self, metrics: Metrics) -> str:
+        return recognition.summary(metrics)
+
+    def tracked(self, metrics: Metrics) -> dict[str, float]:
         return {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy")}
 
-    @staticmethod
-    def headline(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    def headline(self, metrics: Metrics | None) -> dict[str, Any]:
         return {k: metrics[k] if metrics else None for k in ("top1", "top5", "chance")}
 
-    summary = staticmethod(recognition.summary)
-    write_report = staticmethod(recognition.write_report)
+    def write_report(self, metrics: Metrics, out_dir: Path, name: str) -> tuple[Path, ...]:
+        return recognition.write_report(metrics, out_dir, name)
 
 
 class RetrievalTask:
-    """Symmetric InfoNCE on one sampled caption per video; R@K / MdR / MnR in both directions."""
+    """Symmetric InfoNCE on one sampled caption per video; R@K / MdR / MnR in both directions.
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        # The tokenizer belongs to the preset's tower (preset names are not backbone names in general).
-        backbone = RETRIEVAL_PRESETS[cfg.model.preset].backbone
-        seed, length = cfg.train.seed, cfg.model.text_length
-        self.train_tokens = retrieval.CaptionTokens(retrieval.load_captions(cfg.data, "train"), backbone, length, seed)
-        self.val_tokens = retrieval.CaptionTokens(retrieval.load_captions(cfg.data, "val"), backbone, length, seed)
+    Captions come from the loaders; training needs the training loader's (None: evaluation only).
+    """
 
-    def loss(self, engine: Any, video: torch.Tensor, batch: dict, epoch: int) -> torch.Tensor:
-        tokens = self.train_tokens.sample(batch["label"], epoch).to(video.device)
-        return retrieval.retrieval_loss(engine, video, tokens)
+    def __init__(
+        self, cfg: Config, dtype: torch.dtype, device: torch.device, train_loader: VideoLoader | None = None
+    ) -> None:
+        self.dtype, self.device = dtype, device
+        # The tokenizer belongs to the preset's tower (preset names are not tower names in general).
+        self.tokenizer = PRESETS[cfg.model.preset].tower.tokenizer
+        self.length, self.seed = cfg.model.text_length, cfg.train.seed
+        self.train_tokens = None if train_loader is None else self._tokens(train_loader)
+        self.val_tokens: retrieval.CaptionTokens | None = None
 
-    def evaluate(
-        self, engine: Any, model: Any, batches: Any, loader: Any, dtype: torch.dtype, device: torch.device
-    ) -> dict[str, Any]:
-        metrics = retrieval.evaluate_retrieval(model, batches, self.val_tokens, dtype, device)
-        return metrics | {"views": f"{loader.cfg.test_crops}x{loader.cfg.test_clips}"}
+    def _tokens(self, loader: VideoLoader) -> retrieval.CaptionTokens:
+        if loader.captions is None:
+            raise UserError(f"data.fmt={loader.cfg.fmt!r} has no captions; retrieval needs msrvtt, msvd or vatex")
+        return retrieval.CaptionTokens(loader.captions, self.tokenizer, self.length, self.seed)
 
-    @staticmethod
-    def tracked(metrics: dict[str, Any]) -> dict[str, float]:
+    def loss(self, model: Callable[..., torch.Tensor], batch: Batch, epoch: int) -> torch.Tensor:
+        if self.train_tokens is None:
+            raise RuntimeError("RetrievalTask built without a training loader cannot compute a training loss")
+        video = batch["video"]
+        tokens = self.train_tokens.sample(batch["index"], epoch).to(video.device)
+        return symmetric_info_nce(model(video, tokens).float())
+
+    def evaluate(self, model: nn.Module, loader: VideoLoader) -> Metrics:
+        if self.val_tokens is None or self.val_tokens.captions is not loader.captions:
+            self.val_tokens = self._tokens(loader)
+        metrics = retrieval.evaluate_retrieval(model, loader, self.val_tokens, self.dtype, self.device)
+        return metrics | {"views": _views(loader)}
+
+    def summary(self, metrics: Metrics) -> str:
+        return retrieval.summary(metrics)
+
+    def tracked(self, metrics: Metrics) -> dict[str, float]:
         return {k.replace("@", "_at_"): v for k, v in metrics.items() if k.startswith(("t2v_", "v2t_"))}
 
-    @staticmethod
-    def headline(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    def headline(self, metrics: Metrics | None) -> dict[str, Any]:
         return {k: metrics[k] if metrics else None for k in ("t2v_R@1", "t2v_R@5", "v2t_R@1")}
 
-    @staticmethod
-    def write_report(metrics: dict[str, Any], out_dir: Path, name: str) -> tuple[Path]:
+    def write_report(self, metrics: Metrics, out_dir: Path, name: str) -> tuple[Path, ...]:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{name}.json"
         path.write_text(json.dumps(metrics, indent=2))
         return (path,)
 
-    summary = staticmethod(retrieval.summary)
 
-
-def make_task(cfg: Config) -> RecognitionTask | RetrievalTask:
-    tasks = {"recognition": RecognitionTask, "retrieval": RetrievalTask}
-    if cfg.model.task not in tasks:
-        raise ValueError(f"unknown model.task {cfg.model.task!r}; choose one of {sorted(tasks)}")
-    return tasks[cfg.model.task](cfg)
+def make_task(cfg: Config, dtype: torch.dtype, device: torch.device, train_loader: VideoLoader | None = None) -> Task:
+    """The task of `cfg.model.task`, computing in `dtype` on `device`; `train_loader` for training."""
+    if cfg.model.task == "recognition":
+        return RecognitionTask(cfg, dtype, device)
+    if cfg.model.task == "retrieval":
+        return RetrievalTask(cfg, dtype, device, train_loader)
+    raise UserError(f"unknown model.task {cfg.model.task!r}; choose one of ['recognition', 'retrieval']")

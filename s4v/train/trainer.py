@@ -1,7 +1,8 @@
 """The training job: data, model, DeepSpeed engine, loop with exact resume, evaluation, tracking.
 
 One code path for 1 CPU process and N GPUs on M nodes; what differs (device, backend, precision) comes
-from the DeepSpeed accelerator and the DeepSpeed JSON.
+from the DeepSpeed accelerator and the DeepSpeed JSON. `Trainer` sets a job up; `Trainer.train` is the
+loop, and the steps it is made of (a micro-batch, a checkpoint, an evaluation, the export) are methods.
 """
 
 from __future__ import annotations
@@ -10,35 +11,26 @@ import json
 import random
 import resource
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from s4v.config import Config, flatten, to_dict
 from s4v.data import build_loader
+from s4v.errors import UserError
 from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
+from s4v.train.checkpoint import DataPosition
 from s4v.train.distributed import all_reduce_mean, barrier, init_distributed
 from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
-from s4v.train.tasks import make_task
+from s4v.train.tasks import Batch, Metrics, make_task
 
-
-def rng_isolated(batches: Iterable[dict]) -> Iterator[dict]:
-    """Iterate without touching the global torch RNG: torch's DataLoader draws a base seed from it when
-    an iterator starts, which would shift dropout masks after a mid-epoch resume."""
-    it = iter(batches)
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-        yield batch
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -75,178 +67,223 @@ class StepLog:
             self.tracker.log_metrics({f"train/{k}": v for k, v in record.items() if k != "epoch"}, step)
 
 
-def train(
-    cfg: Config, ds_path: str | Path, ds_overrides: dict[str, Any] | None = None, resume: str | None = None
-) -> dict[str, Any]:
-    """Run the job described by `cfg`; `resume` is "auto" (latest checkpoint of out_dir) or a directory."""
-    t_start = time.perf_counter()
-    dist = init_distributed(cfg.train.threads_per_rank)
-    out = Path(cfg.train.out_dir)
-    ckpt_root = out / "checkpoints"
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
+class Trainer:
+    """One training job described by a run config and a DeepSpeed JSON; `train()` runs it to the end."""
 
-    if cfg.data.device == "cuda":  # GPU decoding (NVDEC) lands on this rank's GPU
-        cfg = replace(cfg, data=replace(cfg.data, device=str(dist.device)))
-    train_loader = build_loader(cfg.data, "train", dist.rank, dist.world_size, cfg.train.seed)
-    val_loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
-    plan = plan_batch(cfg.optim, cfg.data.batch_size, dist.world_size)
-    steps_per_epoch = len(train_loader) // plan.accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_loader)} micro-batches per epoch < {plan.accumulation} accumulation steps")
-    ds = resolve_ds_config(load_ds_config(ds_path, ds_overrides), cfg, plan)
-    dtype = compute_dtype(ds)
+    def __init__(
+        self, cfg: Config, ds_path: str | Path, ds_overrides: dict[str, Any] | None = None, resume: str | None = None
+    ) -> None:
+        """Build data, model, engine and tracking; `resume` is "auto" (latest checkpoint of out_dir) or a directory."""
+        self.t_start = time.perf_counter()
+        self.dist = dist = init_distributed(cfg.train.threads_per_rank)
+        self.out = Path(cfg.train.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier()
+        if cfg.data.device == "cuda":  # GPU decoding (NVDEC) lands on this rank's GPU
+            cfg = replace(cfg, data=replace(cfg.data, device=str(dist.device)))
+        self.cfg = cfg
+        self.train_loader = build_loader(cfg.data, "train", dist.rank, dist.world_size, cfg.train.seed)
+        self.val_loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
+        self.plan = plan_batch(cfg.optim, cfg.data.batch_size, dist.world_size)
+        self.steps_per_epoch = len(self.train_loader) // self.plan.accumulation
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"{len(self.train_loader)} micro-batches per epoch < {self.plan.accumulation} accumulation steps: "
+                "lower optim.batch_size or data.batch_size"
+            )
+        self.micro_per_epoch = self.steps_per_epoch * self.plan.accumulation
+        self.max_steps = cfg.train.max_steps or cfg.optim.epochs * self.steps_per_epoch
+        self.ds = resolve_ds_config(load_ds_config(ds_path, ds_overrides), cfg, self.plan)
+        self.dtype = compute_dtype(self.ds)
 
-    task = make_task(cfg)
-    model = build_model(cfg, train_loader.num_classes, dist.device)
-    fingerprint = backbone_fingerprint(model)
-    engine, view = build_engine(model, cfg, ds, dist, steps_per_epoch)
-    seed_rank(cfg.train.seed, dist.rank)
-
-    meta: dict[str, Any] = {
-        "num_classes": train_loader.num_classes,
-        "classes": list(train_loader.classes),
-        "backbone_fingerprint": fingerprint,
-        "world_size": dist.world_size,
-        "ds_config": ds,
-    }
-    position = {"epoch": 0, "batch": 0, "step": 0}
-    resume_path = None
-    if resume:
-        resume_path = ckpt.latest_checkpoint(ckpt_root) if resume == "auto" else Path(resume)
-        if resume_path is None:
-            print(f"[s4v] no checkpoint under {ckpt_root}; starting from scratch", flush=True)
-        else:
-            position = ckpt.load_checkpoint(engine, resume_path)
-            meta_prev = json.loads((resume_path / "meta.json").read_text())
-            meta["mlflow_run_id"] = meta_prev.get("mlflow_run_id")
-    tracker = Tracker(
-        cfg.tracking.enabled and dist.is_main,
-        cfg.tracking.uri,
-        cfg.tracking.experiment,
-        cfg.tracking.run_name or out.name,
-        cfg.tracking.system_metrics,
-        cfg.tracking.system_metrics_interval,
-        run_id=meta.get("mlflow_run_id"),
-    )
-    meta["mlflow_run_id"] = tracker.run_id
-    n_trainable = sum(p.numel() for p in model.trainable_parameters())
-    n_frozen = sum(p.numel() for p in model.backbone.parameters())
-    if resume_path is None:
-        tracker.log_params(flatten(to_dict(cfg)))
-        tracker.log_params(flatten({"ds": ds}))
-        tracker.log_params(
-            {
-                "world_size": dist.world_size,
-                "accumulation_steps": plan.accumulation,
-                "steps_per_epoch": steps_per_epoch,
-                "trainable_params": n_trainable,
-                "frozen_params": n_frozen,
-                "device": dist.device.type,
-            }
+        self.task = make_task(cfg, self.dtype, dist.device, self.train_loader)
+        self.model = build_model(cfg, self.train_loader.num_classes, dist.device)
+        fingerprint = backbone_fingerprint(self.model)
+        self.engine, self.view = build_engine(self.model, cfg, self.ds, dist, self.steps_per_epoch)
+        seed_rank(cfg.train.seed, dist.rank)
+        self.meta: dict[str, Any] = {
+            "num_classes": self.train_loader.num_classes,
+            "classes": list(self.train_loader.classes),
+            "backbone_fingerprint": fingerprint,
+            "world_size": dist.world_size,
+            "ds_config": self.ds,
+        }
+        self.position = DataPosition()
+        resumed_from = self._resume(resume)
+        self.tracker = Tracker(
+            cfg.tracking.enabled and dist.is_main,
+            cfg.tracking.uri,
+            cfg.tracking.experiment,
+            cfg.tracking.run_name or self.out.name,
+            cfg.tracking.system_metrics,
+            cfg.tracking.system_metrics_interval,
+            run_id=self.meta.get("mlflow_run_id"),
         )
-    if dist.is_main:
-        print(
-            f"[s4v] {cfg.model.kind} on {cfg.model.preset}: {n_trainable:,} trainable / {n_frozen:,} frozen "
-            f"params; {dist.world_size} rank(s) on {dist.device.type}, {dtype}; global batch "
-            f"{plan.global_batch} = {plan.micro_batch} x {dist.world_size} x {plan.accumulation}; "
-            f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs"
-            + (f"; resumed from {resume_path} at {position}" if resume_path else ""),
-            flush=True,
-        )
+        self.meta["mlflow_run_id"] = self.tracker.run_id
+        self._announce(resumed_from)
+        self.log = StepLog(self.out / "metrics.jsonl", self.tracker, cfg.train.log_every_steps, dist.is_main)
+        if dist.is_main:
+            self.log.truncate(self.position.step)  # drop steps a killed run logged after its last checkpoint
+        self.last_eval: Metrics | None = None
+        self.bar: tqdm | None = None
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+        self.t_step, self.lr = 0.0, 0.0
 
-    log = StepLog(out / "metrics.jsonl", tracker, cfg.train.log_every_steps, dist.is_main)
-    if dist.is_main:
-        log.truncate(position["step"])  # drop steps a killed run logged after its last checkpoint
-    step = position["step"]
-    max_steps = cfg.train.max_steps or cfg.optim.epochs * steps_per_epoch
-    micro_per_epoch = steps_per_epoch * plan.accumulation
-    last_eval: dict[str, Any] | None = None
-    eval_dir = out / "eval"
+    def _resume(self, resume: str | None) -> Path | None:
+        if not resume:
+            return None
+        path = ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else Path(resume)
+        if path is None:
+            print(f"[s4v] no checkpoint under {self.ckpt_root}; starting from scratch", flush=True)
+            return None
+        previous = ckpt.check_resumable(path, self.cfg, self.meta)
+        ckpt.load_checkpoint(self.engine, path, self.position)
+        self.meta["mlflow_run_id"] = previous.get("mlflow_run_id")
+        return path
 
-    def save(pos: dict[str, int]) -> None:
-        ckpt.save_checkpoint(engine, ckpt_root, step, pos, cfg, meta, cfg.train.keep_checkpoints)
+    def _announce(self, resumed_from: Path | None) -> None:
+        """Run parameters to MLflow (once per run, not again on resume) and a one-line summary."""
+        cfg, dist, plan = self.cfg, self.dist, self.plan
+        n_trainable = sum(p.numel() for p in self.model.trainable_parameters())
+        n_frozen = sum(p.numel() for p in self.model.backbone.parameters())
+        if resumed_from is None:
+            self.tracker.log_params(flatten(to_dict(cfg)))
+            self.tracker.log_params(flatten({"ds": self.ds}))
+            self.tracker.log_params(
+                {
+                    "world_size": dist.world_size,
+                    "accumulation_steps": plan.accumulation,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "trainable_params": n_trainable,
+                    "frozen_params": n_frozen,
+                    "device": dist.device.type,
+                }
+            )
+        if dist.is_main:
+            print(
+                f"[s4v] {cfg.model.kind} on {cfg.model.preset}: {n_trainable:,} trainable / {n_frozen:,} frozen "
+                f"params; {dist.world_size} rank(s) on {dist.device.type}, {self.dtype}; global batch "
+                f"{plan.global_batch} = {plan.micro_batch} x {dist.world_size} x {plan.accumulation}; "
+                f"{self.steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs"
+                + (f"; resumed from {resumed_from} at {self.position.state_dict()}" if resumed_from else ""),
+                flush=True,
+            )
 
-    for epoch in range(position["epoch"], cfg.optim.epochs):
-        if step >= max_steps:
-            break
-        train_loader.set_epoch(epoch)
-        start = position["batch"] if epoch == position["epoch"] else 0
-        bar = None
-        if dist.is_main and cfg.train.progress:
+    def train(self) -> dict[str, Any]:
+        """Epochs from the current position to the last one or to `train.max_steps`; then the export."""
+        pos = self.position
+        while pos.epoch < self.cfg.optim.epochs and pos.step < self.max_steps:
+            self.start_epoch()
+            for batch in self.train_loader.iter_from(pos.batch):
+                if pos.batch >= self.micro_per_epoch or pos.step >= self.max_steps:
+                    break
+                if self.train_step(batch):
+                    self.checkpoint_if_due()
+            if self.bar is not None:
+                self.bar.close()
+            if pos.step >= self.max_steps and pos.step - pos.epoch * self.steps_per_epoch < self.steps_per_epoch:
+                self.save()  # stopped by max_steps mid-epoch: a resumed run continues inside this epoch
+                break
+            pos.next_epoch()
+            self.save()
+            every = self.cfg.train.eval_every_epochs
+            if every and (pos.epoch % every == 0 or pos.epoch == self.cfg.optim.epochs):
+                self.evaluate()
+        return self.close()
+
+    def start_epoch(self) -> None:
+        pos = self.position
+        self.train_loader.set_epoch(pos.epoch)
+        if self.dist.is_main and self.cfg.train.progress:
             from tqdm import tqdm
 
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=start // plan.accumulation,
-                desc=f"epoch {epoch + 1}",
+            self.bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=pos.batch // self.plan.accumulation,
+                desc=f"epoch {pos.epoch + 1}",
                 unit="step",
                 dynamic_ncols=True,
                 leave=True,
             )
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        t_step = time.perf_counter()
-        lr = engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
-        for micro, batch in enumerate(rng_isolated(train_loader.iter_from(start)), start):
-            if micro >= micro_per_epoch or step >= max_steps:
-                break
-            video = batch["video"].to(dist.device, dtype, non_blocking=True)
-            loss = task.loss(engine, video, batch, epoch)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach().double().cpu()
-            if (micro + 1) % plan.accumulation:
-                continue
-            step += 1
-            mean_loss = all_reduce_mean(loss_sum / plan.accumulation).item()
-            now = time.perf_counter()
-            record = {
-                "epoch": epoch,
-                "loss": mean_loss,
-                "lr": lr,
-                "clips_per_s": plan.global_batch / (now - t_step),
-                "peak_mem_mb": peak_memory_mb(dist.device),
-            }
-            log.write(step, record)
-            if bar is not None:
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
-                bar.update(1)
-            loss_sum.zero_()
-            lr = engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
-            t_step = time.perf_counter()
-            every = cfg.train.ckpt_every_steps
-            if every and step % every == 0 and micro + 1 < micro_per_epoch:
-                save({"epoch": epoch, "batch": micro + 1, "step": step})
-        if bar is not None:
-            bar.close()
-        done_in_epoch = step - epoch * steps_per_epoch
-        if step >= max_steps and done_in_epoch < steps_per_epoch:  # stopped by max_steps mid-epoch
-            save({"epoch": epoch, "batch": done_in_epoch * plan.accumulation, "step": step})
-            break
-        save({"epoch": epoch + 1, "batch": 0, "step": step})
-        ev = cfg.train.eval_every_epochs
-        if ev and ((epoch + 1) % ev == 0 or epoch + 1 == cfg.optim.epochs):
-            last_eval = task.evaluate(engine, model, rng_isolated(val_loader), val_loader, dtype, dist.device)
-            if dist.is_main:
-                name = f"epoch_{epoch + 1:03d}"
-                task.write_report(last_eval, eval_dir, name)
-                print(f"[s4v] eval after epoch {epoch + 1}: {task.summary(last_eval)}", flush=True)
-                tracker.log_metrics({f"val/{k}": v for k, v in task.tracked(last_eval).items()}, step)
+        self.loss_sum.zero_()
+        self.t_step = time.perf_counter()
+        self.lr = self.engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
 
-    result: dict[str, Any] = {"steps": step, "wall_s": time.perf_counter() - t_start, "eval": last_eval}
-    if dist.is_main:
-        final = ckpt.export_trainable(view, out / "final", cfg, {**meta, "step": step})
-        if last_eval is not None:
-            task.write_report(last_eval, final, "eval")
-        tracker.log_metrics({"train/wall_s": result["wall_s"]}, step)
-        tracker.log_artifacts(final, "final")
-        tracker.finish()
-        (out / "result.json").write_text(
-            json.dumps(
-                {k: v for k, v in result.items() if k != "eval"} | task.headline(last_eval),
-                indent=2,
-            )
+    def train_step(self, batch: Batch) -> bool:
+        """Forward and backward of one micro-batch; DeepSpeed steps the optimizer after `accumulation`
+        of them. Returns whether this micro-batch completed an optimizer step (which is then logged)."""
+        batch = {**batch, "video": batch["video"].to(self.dist.device, self.dtype, non_blocking=True)}
+        loss = self.task.loss(self.engine, batch, self.position.epoch)
+        self.engine.backward(loss)
+        self.engine.step()
+        self.loss_sum += loss.detach().double().cpu()
+        self.position.batch += 1
+        if self.position.batch % self.plan.accumulation:
+            return False
+        self.position.step += 1
+        self._log_step()
+        return True
+
+    def _log_step(self) -> None:
+        mean_loss = all_reduce_mean(self.loss_sum / self.plan.accumulation).item()  # collective
+        record = {
+            "epoch": self.position.epoch,
+            "loss": mean_loss,
+            "lr": self.lr,
+            "clips_per_s": self.plan.global_batch / (time.perf_counter() - self.t_step),
+            "peak_mem_mb": peak_memory_mb(self.dist.device),
+        }
+        self.log.write(self.position.step, record)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
+            self.bar.update(1)
+        self.loss_sum.zero_()
+        self.lr = self.engine.get_lr()[-1]
+        self.t_step = time.perf_counter()
+
+    def checkpoint_if_due(self) -> None:
+        """Every `train.ckpt_every_steps` steps inside an epoch (epoch ends always save)."""
+        every = self.cfg.train.ckpt_every_steps
+        if every and self.position.step % every == 0 and self.position.batch < self.micro_per_epoch:
+            self.save()
+
+    def save(self) -> Path:
+        """Collective: a checkpoint of the current position."""
+        return ckpt.save_checkpoint(
+            self.engine, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
         )
-    barrier()
-    return result
+
+    def evaluate(self) -> Metrics:
+        """Collective: evaluate on the validation split; rank 0 reports, prints and tracks the result."""
+        self.last_eval = metrics = self.task.evaluate(self.model, self.val_loader)
+        if self.dist.is_main:
+            epoch = self.position.epoch
+            self.task.write_report(metrics, self.out / "eval", f"epoch_{epoch:03d}")
+            print(f"[s4v] eval after epoch {epoch}: {self.task.summary(metrics)}", flush=True)
+            self.tracker.log_metrics({f"val/{k}": v for k, v in self.task.tracked(metrics).items()}, self.position.step)
+        return metrics
+
+    def close(self) -> dict[str, Any]:
+        """Rank 0 exports the trainable state to `final/`, writes `result.json` and closes tracking."""
+        step = self.position.step
+        result: dict[str, Any] = {"steps": step, "wall_s": time.perf_counter() - self.t_start, "eval": self.last_eval}
+        if self.dist.is_main:
+            final = ckpt.export_trainable(self.view, self.out / "final", self.cfg, {**self.meta, "step": step})
+            if self.last_eval is not None:
+                self.task.write_report(self.last_eval, final, "eval")
+            self.tracker.log_metrics({"train/wall_s": result["wall_s"]}, step)
+            self.tracker.log_artifacts(final, "final")
+            self.tracker.finish()
+            headline = {k: v for k, v in result.items() if k != "eval"} | self.task.headline(self.last_eval)
+            (self.out / "result.json").write_text(json.dumps(headline, indent=2))
+        barrier()
+        return result
+
+
+def train(
+    cfg: Config, ds_path: str | Path, ds_overrides: dict[str, Any] | None = None, resume: str | None = None
+) -> dict[str, Any]:
+    """Run the job described by `cfg`; `resume` is "auto" (latest checkpoint of out_dir) or a directory."""
+    return Trainer(cfg, ds_path, ds_overrides, resume).train()
