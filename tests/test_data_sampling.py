@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from s4v.data.annotations import AnnotationError, load_split
+from s4v.data.annotations import AnnotationError, read_split
 from s4v.data.config import DataConfig
 from s4v.data.sampling import clip_indices, dense_indices, segment_indices
 
@@ -60,17 +60,18 @@ def test_clip_indices_dispatch_and_errors():
 def test_generic_list_and_malformed_line(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\nc\n")
     (tmp_path / "train.txt").write_text("x.webm 0\nsub/y.webm 40 2\n\n")
-    recs, names = load_split(DataConfig(root=str(tmp_path)), "train")
+    split = read_split(DataConfig(root=str(tmp_path)), "train")
+    recs, names = split.records, split.classes
     assert names == ["a", "b", "c"]
     assert [(r.path, r.label) for r in recs] == [(str(tmp_path / "x.webm"), 0), (str(tmp_path / "sub/y.webm"), 2)]
     (tmp_path / "val.txt").write_text("x.webm 0\ny.webm two\n")
     with pytest.raises(AnnotationError, match=r"val\.txt:2:"):
-        load_split(DataConfig(root=str(tmp_path)), "val")
+        read_split(DataConfig(root=str(tmp_path)), "val")
     (tmp_path / "val.txt").write_text("x.webm 3\n")
     with pytest.raises(AnnotationError, match="number of classes 3"):
-        load_split(DataConfig(root=str(tmp_path)), "val")
+        read_split(DataConfig(root=str(tmp_path)), "val")
     with pytest.raises(AnnotationError, match="missing.txt"):
-        load_split(DataConfig(root=str(tmp_path), val_list="missing.txt"), "val")
+        read_split(DataConfig(root=str(tmp_path), val_list="missing.txt"), "val")
 
 
 def test_ssv2_json(tmp_path):
@@ -81,26 +82,28 @@ def test_ssv2_json(tmp_path):
         {"id": "3", "label": "...", "template": "Pushing [something] from left to right", "placeholders": []},
     ]
     (tmp_path / "train.json").write_text(json.dumps(entries))
-    recs, names = load_split(DataConfig(root=str(tmp_path), fmt="ssv2", train_list="train.json"), "train")
+    split = read_split(DataConfig(root=str(tmp_path), fmt="ssv2", train_list="train.json"), "train")
+    recs, names = split.records, split.classes
     assert names == ["Pushing something from left to right", "Moving something up"]
     assert [(r.path, r.label) for r in recs] == [(str(tmp_path / "74225.webm"), 1), (str(tmp_path / "3.webm"), 0)]
     (tmp_path / "bad.json").write_text(json.dumps([{"id": "1", "template": "Unknown [something]"}]))
     with pytest.raises(AnnotationError, match=r"bad\.json: entry 0"):
-        load_split(DataConfig(root=str(tmp_path), fmt="ssv2", val_list="bad.json"), "val")
+        read_split(DataConfig(root=str(tmp_path), fmt="ssv2", val_list="bad.json"), "val")
     (tmp_path / "broken.json").write_text('[\n{"id": 1,\n')
     with pytest.raises(AnnotationError, match=r"broken\.json:\d+: invalid json"):
-        load_split(DataConfig(root=str(tmp_path), fmt="ssv2", val_list="broken.json"), "val")
+        read_split(DataConfig(root=str(tmp_path), fmt="ssv2", val_list="broken.json"), "val")
 
 
 def test_ssv1_csv(tmp_path):
     (tmp_path / "something-something-v1-labels.csv").write_text("Holding something\nDropping something\n")
     (tmp_path / "train.csv").write_text("100218;Dropping something\n48032;Holding something\n")
-    recs, names = load_split(DataConfig(root=str(tmp_path), fmt="ssv1", train_list="train.csv"), "train")
+    split = read_split(DataConfig(root=str(tmp_path), fmt="ssv1", train_list="train.csv"), "train")
+    recs, names = split.records, split.classes
     assert names == ["Holding something", "Dropping something"]
     assert [(r.path, r.label) for r in recs] == [(str(tmp_path / "100218"), 1), (str(tmp_path / "48032"), 0)]
     (tmp_path / "val.csv").write_text("1;Holding something\n2;Throwing something\n")
     with pytest.raises(AnnotationError, match=r"val\.csv:2:"):
-        load_split(DataConfig(root=str(tmp_path), fmt="ssv1", val_list="val.csv"), "val")
+        read_split(DataConfig(root=str(tmp_path), fmt="ssv1", val_list="val.csv"), "val")
 
 
 def test_kinetics_csv(tmp_path):
@@ -109,14 +112,15 @@ def test_kinetics_csv(tmp_path):
     (tmp_path / "val.csv").write_text(head + "zumba,q1,5,15,val\n")
     (tmp_path / "zumba").mkdir()  # the downloader's per-class folders, used when present
     cfg = DataConfig(root=str(tmp_path), fmt="k400", train_list="train.csv", val_list="val.csv")
-    recs, names = load_split(cfg, "val")
+    split = read_split(cfg, "val")
+    recs, names = split.records, split.classes
     assert names == ["abseiling", "zumba"]
     assert [(r.path, r.label) for r in recs] == [(str(tmp_path / "zumba" / "q1_000005_000015.mp4"), 1)]
-    recs, _ = load_split(cfg, "train")
+    recs = read_split(cfg, "train").records
     assert recs[1].path == str(tmp_path / "xyz_000000_000010.mp4")
     (tmp_path / "val.csv").write_text(head + "zumba,q1,5,15,val\nzumba,q2,five,15,val\n")
     with pytest.raises(AnnotationError, match=r"val\.csv:3:"):
-        load_split(cfg, "val")
+        read_split(cfg, "val")
     (tmp_path / "val.csv").write_text("label,id\nzumba,q1\n")
     with pytest.raises(AnnotationError, match=r"val\.csv:1: missing columns"):
-        load_split(cfg, "val")
+        read_split(cfg, "val")

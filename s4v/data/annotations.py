@@ -125,12 +125,6 @@ def load_k400(path: Path, root: Path, names: list[str], ext: str) -> list[VideoR
     return records
 
 
-def load_split(cfg: DataConfig, split: str) -> tuple[list[VideoRecord], list[str]]:
-    """Records of `split` ("train" | "val") and the class names of the dataset."""
-    loaded = read_split(cfg, split)
-    return loaded.records, loaded.classes
-
-
 def read_split(cfg: DataConfig, split: str) -> Split:
     """Read the annotation files of `split` ("train" | "val") once, whatever the format."""
     root = Path(cfg.root)

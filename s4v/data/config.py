@@ -64,10 +64,6 @@ class DataConfig:
     def use_flip(self) -> bool:
         return self.fmt == "k400" if self.flip is None else self.flip
 
-    @property
-    def num_views(self) -> int:
-        return self.test_crops * self.test_clips
-
 
 def parse_views(spec: str) -> tuple[int, int]:
     """`--views CROPSxCLIPS` (e.g. "3x2") -> (test_crops, test_clips), checked like the config fields."""

@@ -15,7 +15,6 @@ class DistInfo:
     rank: int
     world_size: int
     local_rank: int
-    local_world_size: int
     device: torch.device
 
     @property
@@ -57,7 +56,7 @@ def init_distributed(threads_per_rank: int = 0) -> DistInfo:
     else:
         accel.set_device(local_rank)
         device = torch.device(accel.device_name(local_rank))
-    return DistInfo(rank, world, local_rank, local_world, device)
+    return DistInfo(rank, world, local_rank, device)
 
 
 def barrier() -> None:
