@@ -1,5 +1,8 @@
 """Temporal branch of a Side4Video block: BN3d -> PW1 -> depthwise (3,1,1) conv over time -> PW2.
 
+Two forms, as the side-block form of the tower: "pre" (CLIP towers) normalises before the convolutions,
+"post" (ViT-E, the reference's eva_clip/eva_vit_model.py) after them: PW1 -> DW -> PW2 -> BN3d.
+
 Works on channel-last tokens (B, T, N, C): 1x1x1 and (3,1,1) convolutions never mix spatial
 positions, so the side network never needs to reshape to NCTHW. The module owns standard
 nn.BatchNorm3d / nn.Conv3d submodules (same state dict for every implementation) and runs either
@@ -15,10 +18,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from s4v.choices import TemporalImpl
+from s4v.choices import BlockForm, TemporalImpl
 
 
-def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+def _batchnorm(x: Tensor, bn: nn.BatchNorm3d) -> Tensor:
+    b, t, n, c = x.shape
+    return bn(x.reshape(b * t * n, c, 1, 1, 1)).view(b, t, n, c)
+
+
+def _convolutions(y: Tensor, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d) -> Tensor:
+    y = F.linear(y, pw1.weight.flatten(1), pw1.bias)
+    y = dw(y.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1).permute(0, 2, 3, 1)  # depthwise over T
+    return F.linear(y, pw2.weight.flatten(1), pw2.bias)
+
+
+def temporal_conv_reference(
+    x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: nn.Conv3d, pw2: nn.Conv3d, form: BlockForm = "pre"
+) -> Tensor:
     """Plain PyTorch version of the branch on (B, T, N, C) tokens; the kernels are checked against it.
 
     BN3d runs on the tokens viewed as (B*T*N, C, 1, 1, 1): the same statistics as on NCTHW, with no
@@ -27,11 +43,9 @@ def temporal_conv_reference(x: Tensor, bn: nn.BatchNorm3d, pw1: nn.Conv3d, dw: n
     another memory format (tests/test_kernels.py checks the workaround). 1x1x1 convolutions are linear
     layers on channel-last tokens.
     """
-    b, t, n, c = x.shape
-    y = bn(x.reshape(b * t * n, c, 1, 1, 1)).view(b, t, n, c)
-    y = F.linear(y, pw1.weight.flatten(1), pw1.bias)
-    y = dw(y.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1).permute(0, 2, 3, 1)  # depthwise over T
-    return F.linear(y, pw2.weight.flatten(1), pw2.bias)
+    if form == "post":
+        return _batchnorm(_convolutions(x, pw1, dw, pw2), bn)
+    return _convolutions(_batchnorm(x, bn), pw1, dw, pw2)
 
 
 def temporal_conv_fused(
@@ -69,13 +83,24 @@ class TemporalConvBranch(nn.Module):
     impl: "auto" runs the Triton path on CUDA tensors and the reference elsewhere; "triton" forces
     the kernels (on CPU they need TRITON_INTERPRET=1); "reference" forces plain PyTorch.
     recompute (Triton path): keep one activation for backward instead of two, for one more matmul.
+    form: "pre" (BN first) or "post" (BN last). The fused kernels fold BN's affine part into PW1, which
+    only the "pre" form allows: the "post" form always takes the PyTorch path ("auto" picks it,
+    "triton" is refused).
     """
 
-    def __init__(self, dim: int, impl: TemporalImpl = "auto", recompute: bool = False) -> None:
+    def __init__(self, dim: int, impl: TemporalImpl = "auto", recompute: bool = False, form: BlockForm = "pre") -> None:
         super().__init__()
         if impl not in get_args(TemporalImpl):
             raise ValueError(f"impl must be one of {get_args(TemporalImpl)}, got {impl!r}")
+        if form not in get_args(BlockForm):
+            raise ValueError(f"form must be one of {get_args(BlockForm)}, got {form!r}")
+        if form == "post" and impl == "triton":
+            raise ValueError(
+                "the fused Triton branch normalises before the convolutions: the post-norm form runs "
+                "in PyTorch (temporal_impl 'auto' or 'reference')"
+            )
         self.impl = impl
+        self.form = form
         self.recompute = recompute
         self.bn = nn.BatchNorm3d(dim)
         self.pw1 = nn.Conv3d(dim, dim, kernel_size=1)
@@ -83,12 +108,12 @@ class TemporalConvBranch(nn.Module):
         self.pw2 = nn.Conv3d(dim, dim, kernel_size=1)
 
     def uses_triton(self, x: Tensor) -> bool:
-        return self.impl == "triton" or (self.impl == "auto" and x.is_cuda)
+        return self.form == "pre" and (self.impl == "triton" or (self.impl == "auto" and x.is_cuda))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.uses_triton(x):
             return temporal_conv_fused(x, self.bn, self.pw1, self.dw, self.pw2, self.recompute)
-        return temporal_conv_reference(x, self.bn, self.pw1, self.dw, self.pw2)
+        return temporal_conv_reference(x, self.bn, self.pw1, self.dw, self.pw2, self.form)
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl!r}, recompute={self.recompute}"
+        return f"impl={self.impl!r}, recompute={self.recompute}, form={self.form!r}"

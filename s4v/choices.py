@@ -11,6 +11,7 @@ from typing import Literal
 Task = Literal["recognition", "retrieval"]
 BlockForm = Literal["pre", "post"]  # side-block normalisation: CLIP towers pre-norm, ViT-E post-norm
 ModelKind = Literal["side4video", "meanpool"]  # meanpool: order-invariant frozen-[CLS] probe / CLIP4Clip frozen
-Matching = Literal["token", "global"]  # retrieval: token-wise (DRL / FILIP) | mean-pooled global
+# retrieval: weighted token-wise (the reference's --interaction wti) | token-wise (DRL / FILIP) | mean-pooled global
+Matching = Literal["wti", "token", "global"]
 AttnBackend = Literal["sdpa", "math", "flash_attn", "xformers"]
 TemporalImpl = Literal["auto", "triton", "reference"]  # auto: Triton kernels on CUDA tensors, PyTorch elsewhere

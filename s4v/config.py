@@ -37,7 +37,7 @@ class ModelConfig:
     attn_backend: AttnBackend = "sdpa"
     temporal_impl: TemporalImpl = "auto"
     dropout: float | None = None  # head dropout; None: the preset's value
-    matching: Matching = "token"
+    matching: Matching = "wti"
     text_length: int = 32  # retrieval: caption tokens
 
 

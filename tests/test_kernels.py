@@ -239,3 +239,20 @@ def test_kernels_compile_for_cuda_without_gpu() -> None:
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("_dw_backward_kernel") == 2, proc.stdout
+
+
+def test_post_norm_branch_normalises_after_the_convolutions_and_never_takes_triton() -> None:
+    torch.manual_seed(0)
+    post = TemporalConvBranch(32, impl="auto", form="post").train()
+    pre = TemporalConvBranch(32, impl="reference").train()
+    pre.load_state_dict(post.state_dict())  # one state dict for both forms
+    x = torch.randn(2, 4, 3, 32)
+    y = x.reshape(-1, 32) @ post.pw1.weight.flatten(1).t() + post.pw1.bias
+    y = post.dw(y.view(2, 4, 3, 32).permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1).permute(0, 2, 3, 1)
+    y = y @ post.pw2.weight.flatten(1).t() + post.pw2.bias
+    expected = (y - y.mean((0, 1, 2))) / torch.sqrt(y.var((0, 1, 2), unbiased=False) + 1e-5)
+    torch.testing.assert_close(post(x), expected, rtol=1e-4, atol=1e-4)
+    assert not post.uses_triton(x.cuda() if torch.cuda.is_available() else x)
+    assert not torch.allclose(pre(x), post(x))
+    with pytest.raises(ValueError, match="post-norm form runs in PyTorch"):
+        TemporalConvBranch(32, impl="triton", form="post")

@@ -8,7 +8,7 @@ import torch
 
 from s4v.metrics.retrieval import ground_truth_ranks, retrieval_metrics
 from s4v.models import BACKBONES, create_retrieval_model, symmetric_info_nce
-from s4v.models.matching import blockwise_similarity, similarity, token_wise_similarity
+from s4v.models.matching import Matcher, blockwise_similarity, token_wise_similarity
 
 TINY = BACKBONES["tiny"]
 
@@ -55,32 +55,37 @@ def test_blockwise_equals_full_similarity() -> None:
     mask = torch.rand(7, 5, generator=g) > 0.3
     mask[:, 0] = True
     eot = torch.zeros(7, dtype=torch.long)
-    for matching in ("token", "global"):
-        full = similarity(matching, text, mask, eot, frames)
-        torch.testing.assert_close(blockwise_similarity(matching, text, mask, eot, frames, block=2), full)
+    for matching in ("wti", "token", "global"):
+        torch.manual_seed(0)
+        matcher = Matcher(matching, 8)
+        full = matcher(text, mask, eot, frames)
+        torch.testing.assert_close(blockwise_similarity(matcher, text, mask, eot, frames, block=2), full)
 
 
 @pytest.mark.parametrize("kind", ["side4video", "meanpool"])
-def test_retrieval_model_trains_text_side_and_projection_only(kind: str) -> None:
+def test_retrieval_model_trains_text_side_and_matcher_only(kind: str) -> None:
+    """As the reference's --freeze_vit_encoder: on a CLIP tower its final norm and projection stay frozen."""
     torch.manual_seed(0)
     model = create_retrieval_model("tiny-retrieval", kind=kind, temporal_impl="reference")
     tokens = open_clip.get_tokenizer(TINY.tokenizer)(["a red circle moving left", "a blue square"])
     logits = model(torch.randn(2, 4, 3, 64, 64), tokens)
     symmetric_info_nce(logits).backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert model.visual_proj.weight.grad is not None and model.text.token_embedding.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in model.visual_head.parameters())
+    assert model.text.token_embedding.weight.grad is not None
+    assert all(p.grad is not None for p in model.matcher.parameters())
     if kind == "side4video":
         assert model.up.weight.grad.abs().sum() > 0
     groups = model.parameter_groups(1e-7, 1e-4)
     assert sum(len(g["params"]) for g in groups) == len(model.trainable_parameters())
-    assert [g["lr"] for g in groups] == ([1e-7, 1e-4] if kind == "side4video" else [1e-7])  # no empty group
+    assert [g["lr"] for g in groups] == [1e-7, 1e-4]
 
 
 def test_retrieval_model_starts_from_clip_zero_shot_frames() -> None:
     torch.manual_seed(0)
     model = create_retrieval_model("tiny-retrieval", temporal_impl="reference").eval()
     video = torch.randn(1, 4, 3, 64, 64)
-    expected = torch.nn.functional.normalize(model.backbone(video.flatten(0, 1)), dim=-1)
+    expected = model.backbone(video.flatten(0, 1))  # open_clip's encode_image of every frame
     torch.testing.assert_close(model.encode_video(video)[0], expected, rtol=1e-5, atol=1e-5)
 
 

@@ -67,7 +67,7 @@ def test_enumerations_are_checked_when_loaded(tmp_path: Path) -> None:
     assert str(err.value) == "model.kind: 'linear' is not one of 'side4video', 'meanpool'"
     with pytest.raises(UserError, match=r"did you mean 'flash_attn'"):
         load_config(None, ["model.attn_backend=flash"])
-    with pytest.raises(UserError, match=r"^model\.matching: 'tokens' is not one of 'token', 'global'"):
+    with pytest.raises(UserError, match=r"^model\.matching: 'tokens' is not one of 'wti', 'token', 'global'"):
         load_config(None, ["model.matching=tokens"])
     with pytest.raises(UserError, match=r"^model\.temporal_impl: 'trition' .*did you mean 'triton'"):
         load_config(None, ["model.temporal_impl=trition"])

@@ -153,7 +153,21 @@ class FrozenBackbone(nn.Module):
             yield x
 
     @torch.no_grad()
+    def last_tokens(self, images: Tensor) -> Tensor:
+        """The last block's tokens (B, 1 + N, D), before the tower's final norm."""
+        return deque(self.layer_outputs(images), maxlen=1)[0]  # keeps one layer alive, not all
+
+    @torch.no_grad()
     def forward(self, images: Tensor, project: bool = True) -> Tensor:
         """Final [CLS] embedding of each image (projected: open_clip's `encode_image`)."""
-        last = deque(self.layer_outputs(images), maxlen=1)[0]  # keeps one layer alive, not all
-        return self.pool(last, project)
+        return self.pool(self.last_tokens(images), project)
+
+    def final_layers(self) -> tuple[nn.LayerNorm, Tensor, Tensor | None]:
+        """The final norm applied to the [CLS] token and the projection (weight (E, D), bias) after it."""
+        v = self.visual
+        if self.is_eva:
+            trunk = v.trunk
+            if not isinstance(trunk.fc_norm, nn.Identity) or trunk.global_pool != "token":
+                raise NotImplementedError("EVA towers are supported with token pooling and no fc_norm")
+            return trunk.norm, trunk.head.weight, trunk.head.bias
+        return v.ln_post, v.proj.t(), None

@@ -5,24 +5,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from s4v.choices import TemporalImpl
+from s4v.choices import BlockForm, TemporalImpl
 from s4v.models.backbone import FrozenBackbone
 from s4v.models.side import PAPER_SIDE, SideNetwork, SideOptions, batchnorm_tokens
 
 
 class RecognitionHead(nn.Module):
-    """BatchNorm3d on the last side output, mean over T, H, W (GAP, eq. 3), dropout, linear classifier."""
+    """BatchNorm3d on the last side output (pre-norm form only), mean over T, H, W (GAP, eq. 3), dropout, classifier.
 
-    def __init__(self, dim: int, num_classes: int, dropout: float) -> None:
+    The post-norm (ViT-E) side network already ends in a BatchNorm: the reference's eva_vit_model.py
+    averages its last output directly, and leaves the classifier at PyTorch's default initialisation.
+    """
+
+    def __init__(self, dim: int, num_classes: int, dropout: float, form: BlockForm = "pre") -> None:
         super().__init__()
-        self.bn = nn.BatchNorm3d(dim)
+        self.bn = nn.BatchNorm3d(dim) if form == "pre" else None
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.fc.weight, std=0.02)
-        nn.init.zeros_(self.fc.bias)
+        if form == "pre":
+            nn.init.normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, s: Tensor) -> Tensor:
-        return self.fc(self.dropout(batchnorm_tokens(self.bn, s).mean(dim=(1, 2))))
+        if self.bn is not None:
+            s = batchnorm_tokens(self.bn, s)
+        return self.fc(self.dropout(s.mean(dim=(1, 2))))
 
 
 class VideoClassifier(nn.Module):
@@ -46,9 +53,10 @@ class Side4VideoClassifier(VideoClassifier):
         side_dim: int,
         side_layers: int,
         num_classes: int,
-        dropout: float = 0.5,
+        dropout: float = 0.0,
         temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
+        form: BlockForm = "pre",
     ) -> None:
         super().__init__()
         shape = backbone.shape
@@ -62,8 +70,9 @@ class Side4VideoClassifier(VideoClassifier):
             side_layers,
             temporal_impl,
             options,
+            form,
         )
-        self.head = RecognitionHead(side_dim, num_classes, dropout)
+        self.head = RecognitionHead(side_dim, num_classes, dropout, form)
 
     def forward(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) CLIP-normalised frames -> logits (B, classes)."""

@@ -63,13 +63,14 @@ def create_model(
             p.head_dropout if dropout is None else dropout,
             temporal_impl,
             side_options,
+            p.tower.block_form,
         )
 
 
 def create_retrieval_model(
     preset: str,
     kind: ModelKind = "side4video",
-    matching: Matching = "token",
+    matching: Matching = "wti",
     checkpoint: str | None = None,
     attn_backend: AttnBackend = "sdpa",
     device: str | torch.device = "cpu",
@@ -82,4 +83,4 @@ def create_retrieval_model(
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype)
     side_dim, side_layers = (p.side_dim, p.side_layers) if kind == "side4video" else (None, None)
     with torch.device(device):
-        return VideoTextRetrieval(clip, backbone, side_dim, side_layers, matching, temporal_impl)
+        return VideoTextRetrieval(clip, backbone, side_dim, side_layers, matching, temporal_impl, p.tower.block_form)

@@ -1,28 +1,45 @@
-"""Side4Video for text-video retrieval (paper eq. 4, s.3.4).
+"""Side4Video for text-video retrieval (paper eq. 4, s.3.4, as the reference computes it).
 
-Frame embedding = Proj(Up(mean over patches of the side output) + Z_out[CLS] of that frame), with
-Proj CLIP's own visual projection (the only trainable part of the image tower) and the CLIP text
-tower trained. `Up` starts at zero, so training starts from CLIP's zero-shot frame embeddings (the
-paper leans on them "to stabilize training"). The `meanpool` kind is CLIP4Clip with a frozen ViT:
-no side network, the frames' projected [CLS] averaged or matched token-wise the same way.
+Frame embedding = Proj(LN_post(Z_out[CLS] + Up(mean over patches of BN3d(side output)))), following the
+reference's Retrieval/modules/module_clip.py (`VisualTransformer.forward`): a BatchNorm3d on the side
+output, a bias-free `Up` that starts at zero (training starts from CLIP's zero-shot frame embeddings),
+and the sum taken before the tower's final LayerNorm. The CLIP text tower is trained; the tower's final
+norm and projection are trained only on EVA towers (Retrieval/main_task_retrieval.py freezes every
+`visual.*` parameter but the side network and EVA's `visual.head` / `visual.norm`). The `meanpool` kind
+is CLIP4Clip with a frozen ViT: no side network, the frames' projected [CLS] matched the same way.
 """
 
 from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from s4v.choices import BlockForm, Matching, TemporalImpl
 from s4v.models.backbone import FrozenBackbone
-from s4v.models.matching import MATCHING, similarity
-from s4v.models.side import SideNetwork
+from s4v.models.matching import Matcher
+from s4v.models.side import SideNetwork, SideOptions, batchnorm_tokens
 from s4v.models.text import TextEncoder
 
-CLIP_MODULE_PREFIXES = ("text.", "visual_proj.", "temperature.")  # pretrained CLIP parts: lr 1e-7 in the recipe
+# Pretrained CLIP parts: lr 1e-7 in the recipe (the reference's coef_lr 1e-3 of lr 1e-4).
+CLIP_MODULE_PREFIXES = ("text.", "visual_head.", "temperature.")
+MAX_LOGIT_SCALE = math.log(100)  # the reference clamps CLIP's logit scale to <= ln 100 after each step
+RETRIEVAL_SIDE = SideOptions(cls_pos=True)  # module_clip.py: N + 1 position rows, the shifted [CLS] has one
+INITIALIZER_RANGE = 0.02  # CLIP4Clip's re-initialisation of new Linear modules (until_module.py)
+
+FeatureGather = Callable[[Tensor], Tensor]
 
 
 class Temperature(nn.Module):
-    """CLIP's learned logit scale, as a module so every trainable tensor sits in a child module."""
+    """CLIP's learned logit scale, as a module so every trainable tensor sits in a child module.
+
+    No clamp in forward (a clamp there zeroes the gradient at CLIP's pretrained value, ln 100): the
+    training task clamps the parameter after each optimizer step, as the reference does.
+    """
 
     def __init__(self, logit_scale: Tensor) -> None:
         super().__init__()
@@ -30,11 +47,29 @@ class Temperature(nn.Module):
         self.logit_scale = nn.Parameter(logit_scale.detach().clone().reshape(1))
 
     def forward(self, sim: Tensor) -> Tensor:
-        return self.logit_scale.exp().clamp(max=100) * sim
+        return self.logit_scale.exp() * sim
+
+
+class VisualHead(nn.Module):
+    """The tower's final norm and projection, copied out of it: eq. 4 applies them to Z_cls + Up(...)."""
+
+    def __init__(self, backbone: FrozenBackbone, trainable: bool) -> None:
+        super().__init__()
+        norm, weight, bias = backbone.final_layers()
+        self.norm = copy.deepcopy(norm).float()
+        self.proj = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            self.proj.weight.copy_(weight)
+            if bias is not None:
+                self.proj.bias.copy_(bias)
+        self.requires_grad_(trainable)
+
+    def forward(self, cls: Tensor) -> Tensor:
+        return self.proj(self.norm(cls.to(self.proj.weight.dtype)))
 
 
 class VideoTextRetrieval(nn.Module):
-    """Frozen image tower (+ trainable projection), optional side network, trainable text tower."""
+    """Frozen image tower, optional side network, trainable text tower, a matcher (WTI by default)."""
 
     def __init__(
         self,
@@ -42,33 +77,58 @@ class VideoTextRetrieval(nn.Module):
         backbone: FrozenBackbone,
         side_dim: int | None,
         side_layers: int | None,
-        matching: str = "token",
-        temporal_impl: str = "auto",
+        matching: Matching = "wti",
+        temporal_impl: TemporalImpl = "auto",
+        form: BlockForm = "pre",
     ) -> None:
         super().__init__()
-        if matching not in MATCHING:
-            raise ValueError(f"unknown matching {matching!r}; choose one of {MATCHING}")
-        self.matching = matching
         self.backbone = backbone
         shape = backbone.shape
-        visual = backbone.visual
-        # CLIP's visual projection, copied out of the frozen tower and trained (eq. 4's Proj).
-        source = visual.trunk.head if backbone.is_eva else None
-        self.visual_proj = nn.Linear(shape.width, shape.embed_dim, bias=source is not None and source.bias is not None)
-        with torch.no_grad():
-            self.visual_proj.weight.copy_(source.weight if source is not None else visual.proj.t())
-            if self.visual_proj.bias is not None:
-                self.visual_proj.bias.copy_(source.bias)
+        self.visual_head = VisualHead(backbone, trainable=backbone.is_eva)
         self.side = None
         if side_dim is not None:
             self.side = SideNetwork(
-                shape.width, shape.layers, shape.patch_size, shape.num_patches, side_dim, side_layers, temporal_impl
+                shape.width,
+                shape.layers,
+                shape.patch_size,
+                shape.num_patches,
+                side_dim,
+                side_layers,
+                temporal_impl,
+                RETRIEVAL_SIDE,
+                form,
             )
-            self.up = nn.Linear(side_dim, shape.width)
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
+            self.side_bn = nn.BatchNorm3d(side_dim)
+            self.up = nn.Linear(side_dim, shape.width, bias=False)
         self.text = TextEncoder(clip)
         self.temperature = Temperature(clip.logit_scale)
+        self.matcher = Matcher(matching, shape.embed_dim)
+        # Set by the trainer when data-parallel ranks contrast against the global batch; identity here.
+        self.feature_gather: FeatureGather | None = None
+        self.reset_new_modules()
+
+    @torch.no_grad()
+    def reset_new_modules(self) -> None:
+        """CLIP4Clip's initialisation of what CLIP does not have (Retrieval/modules/modeling.py applies
+        until_module.py's `init_weights` to every nn.Linear: N(0, 0.02), zero bias; module_clip.py's
+        `AttnCBlock` sets the convolutions and the attention's packed input projection)."""
+        for m in self.matcher.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=INITIALIZER_RANGE)
+                nn.init.zeros_(m.bias)
+        if self.side is None:
+            return
+        nn.init.zeros_(self.up.weight)
+        d = self.side.dim
+        for blk in self.side.blocks:
+            for lin in (blk.fuse.down, blk.attn.out_proj, blk.mlp[0], blk.mlp[2]):
+                nn.init.normal_(lin.weight, std=INITIALIZER_RANGE)
+                nn.init.zeros_(lin.bias)
+            nn.init.normal_(blk.attn.in_proj.weight, std=d**-0.5)  # nn.MultiheadAttention's in_proj_weight
+            nn.init.zeros_(blk.attn.in_proj.bias)
+            nn.init.normal_(blk.temporal.pw1.weight, std=INITIALIZER_RANGE)
+            nn.init.normal_(blk.temporal.pw2.weight, std=INITIALIZER_RANGE)
+            nn.init.normal_(blk.temporal.dw.weight, std=d**-0.5)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -86,26 +146,30 @@ class VideoTextRetrieval(nn.Module):
         return [g for g in groups if g["params"]]  # CLIP4Clip-frozen has no new module
 
     def encode_video(self, video: Tensor) -> Tensor:
-        """(B, T, 3, H, W) -> L2-normalised frame embeddings (B, T, E)."""
+        """(B, T, 3, H, W) -> frame embeddings (B, T, E), not normalised (the matcher normalises)."""
         b, t = video.shape[:2]
-        dtype = self.visual_proj.weight.dtype
         if self.side is None:
-            frame = self.backbone(video.flatten(0, 1), project=False).to(dtype)
+            cls = self.backbone.last_tokens(video.flatten(0, 1))[:, 0]
         else:
             s, x = self.side(video, self.backbone)
-            frame = self.up(s.mean(2)).flatten(0, 1) + self.backbone.pool(x, project=False).to(dtype)
-        return F.normalize(self.visual_proj(frame).view(b, t, -1), dim=-1)
+            pooled = batchnorm_tokens(self.side_bn, s).mean(2)  # (B, T, d): mean over patches
+            cls = x[:, 0].to(self.up.weight.dtype) + self.up(pooled).flatten(0, 1)
+        return self.visual_head(cls).view(b, t, -1)
 
     def encode_text(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalised token features (B, L, E), validity mask, EOT index."""
-        feats, mask, eot = self.text(tokens)
-        return F.normalize(feats, dim=-1), mask, eot
+        """Token features (B, L, E), not normalised; validity mask; EOT index."""
+        return self.text(tokens)
+
+    def similarity(self, text: Tensor, mask: Tensor, eot: Tensor, frames: Tensor) -> Tensor:
+        return self.matcher(text, mask, eot, frames)
 
     def forward(self, video: Tensor, tokens: Tensor) -> Tensor:
-        """Scaled (text, video) similarity logits of a batch of matching pairs."""
+        """Scaled (text, video) similarity logits; with `feature_gather`, against every rank's batch."""
         frames = self.encode_video(video)
         text, mask, eot = self.encode_text(tokens)
-        return self.temperature(similarity(self.matching, text, mask, eot, frames))
+        if self.feature_gather is not None:
+            text, mask, eot, frames = (self.feature_gather(t) for t in (text, mask, eot, frames))
+        return self.temperature(self.similarity(text, mask, eot, frames.to(text.dtype)))
 
 
 def symmetric_info_nce(logits: Tensor) -> Tensor:

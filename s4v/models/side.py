@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.choices import TemporalImpl
+from s4v.choices import BlockForm, TemporalImpl
 from s4v.kernels import TemporalConvBranch
-from s4v.models.fusion import NormDown
+from s4v.models.fusion import DownNorm, NormDown
 
 PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^-0.5
 
@@ -38,6 +38,9 @@ class SideOptions:
     representation: Literal["gap", "vit-cls", "extra-cls"] = "gap"
     layer_choice: Literal["interval", "top"] = "interval"
     fusion: Literal["normdown", "eager"] = "normdown"
+    # A position row for the shifted [CLS] too (N + 1 rows): the retrieval side network of the
+    # reference (Retrieval/modules/module_clip.py, SideTransformer and AttnCBlock.forward).
+    cls_pos: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -114,48 +117,68 @@ class TemporalAttention(nn.Module):
 
 
 class ClsShiftAttention(nn.Module):
-    """Spatial self-attention whose queries are patch tokens and keys/values also see the shifted [CLS]."""
+    """Spatial self-attention whose queries are patch tokens and keys/values also see the shifted [CLS].
 
-    def __init__(self, dim: int, heads: int, shift: bool = True) -> None:
+    form "pre" (CLIP towers): LayerNorm on the input; "post" (ViT-E, the reference's eva_vit_model.py
+    `AttnCBlock`): no LayerNorm before, LayerNorm on the projected output. The reference's ViT-E code has
+    separate q / k / v Linear layers; one packed (3d, d) projection is the same function with the same
+    parameter count and PyTorch's default initialisation has the same distribution (fan-in d).
+    """
+
+    def __init__(self, dim: int, heads: int, shift: bool = True, form: BlockForm = "pre") -> None:
         super().__init__()
         self.heads = heads
         self.shift = shift  # False: the unshifted [CLS] (Table 9c's ablation)
+        self.form = form
         self.norm = nn.LayerNorm(dim)
         self.in_proj = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, s: Tensor, cls: Tensor) -> Tensor:
+    def forward(self, s: Tensor, cls: Tensor, cls_pos: Tensor | None = None) -> Tensor:
         b, t, n, d = s.shape
         kv_cls = shift_cls(cls) if self.shift else cls
-        x = self.norm(torch.cat([kv_cls.unsqueeze(2), s], dim=2)).reshape(b * t, n + 1, d)
+        if cls_pos is not None:
+            kv_cls = kv_cls + cls_pos
+        x = torch.cat([kv_cls.unsqueeze(2), s], dim=2)
+        x = (self.norm(x) if self.form == "pre" else x).reshape(b * t, n + 1, d)
         w_q, w_kv = self.in_proj.weight.split([d, 2 * d])
         b_q, b_kv = self.in_proj.bias.split([d, 2 * d])
         q = F.linear(x[:, 1:], w_q, b_q).view(b * t, n, self.heads, -1).transpose(1, 2)
         k, v = F.linear(x, w_kv, b_kv).view(b * t, n + 1, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, n, d)
-        return self.out_proj(out)
+        out = self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, n, d))
+        return self.norm(out) if self.form == "post" else out
 
 
 class SideBlock(nn.Module):
-    """Fusion of one frozen layer, then temporal conv, [CLS]-shift attention and MLP, each residual."""
+    """Fusion of one frozen layer, then temporal conv, [CLS]-shift attention and MLP, each residual.
+
+    form "pre" (CLIP towers): s + PW2(DW(PW1(BN(s)))), s + Attn(LN([cls ; s + pos])), s + MLP(BN(s)),
+    fusion Down(LN_D(Z)). form "post" (ViT-E, the reference's eva_clip/eva_vit_model.py): s + BN(PW2(DW(PW1(s)))),
+    s + LN(Attn([cls ; s + pos])), s + BN(MLP(s)), fusion LN_d(Down(Z)).
+    """
 
     def __init__(
-        self, dim: int, vit_width: int, temporal_impl: TemporalImpl = "auto", options: SideOptions = PAPER_SIDE
+        self,
+        dim: int,
+        vit_width: int,
+        temporal_impl: TemporalImpl = "auto",
+        options: SideOptions = PAPER_SIDE,
+        form: BlockForm = "pre",
     ) -> None:
         super().__init__()
-        self.options = options
-        self.fuse = NormDown(vit_width, dim)
+        self.options, self.form = options, form
+        self.fuse = NormDown(vit_width, dim) if form == "pre" else DownNorm(vit_width, dim)
         self.temporal = (
-            TemporalConvBranch(dim, impl=temporal_impl) if options.temporal == "conv" else TemporalAttention(dim)
+            TemporalConvBranch(dim, impl=temporal_impl, form=form)
+            if options.temporal == "conv"
+            else TemporalAttention(dim)
         )
-        self.attn = ClsShiftAttention(dim, heads=max(1, dim // 64), shift=options.cls_shift)
+        self.attn = ClsShiftAttention(dim, heads=max(1, dim // 64), shift=options.cls_shift, form=form)
         self.mlp_bn = nn.BatchNorm3d(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def fused_features(self, frozen: Tensor) -> Tensor:
-        if self.options.fusion == "eager":
-            return self.fuse.down(self.fuse.norm(frozen))
-        return self.fuse(frozen)
+        return self.fuse.eager(frozen) if self.options.fusion == "eager" else self.fuse(frozen)
 
     def merge(self, s: Tensor, z: Tensor) -> Tensor:
         """0.5 * s + 0.5 * z on the patch tokens; the [CLS] slot (if any) fuses the frozen [CLS] or stays learned."""
@@ -172,10 +195,15 @@ class SideBlock(nn.Module):
         b, t, _, d = s.shape
         z = self.fused_features(frozen).view(b, t, -1, d)
         s = self.merge(s, z)
+        cls_pos = None
+        if self.options.cls_pos:
+            cls_pos, pos = pos[0], pos[1:]
         if self.options.cls_slot:  # the slot gets no position embedding
             pos = torch.cat([pos.new_zeros(1, d), pos], dim=0)
         s = s + self.temporal(s)
-        s = s + self.attn(s + pos, z[:, :, 0])
+        s = s + self.attn(s + pos, z[:, :, 0], cls_pos)
+        if self.form == "post":
+            return s + batchnorm_tokens(self.mlp_bn, self.mlp(s))
         return s + self.mlp(batchnorm_tokens(self.mlp_bn, s))
 
 
@@ -192,10 +220,11 @@ class SideNetwork(nn.Module):
         layers: int,
         temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
+        form: BlockForm = "pre",
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.options = options
+        self.options, self.form = options, form
         self.read_layers = read_layers(vit_layers, layers, options.layer_choice)
         self.stem = nn.Conv3d(
             3,
@@ -205,22 +234,29 @@ class SideNetwork(nn.Module):
             padding=(1, 0, 0),
         )
         self.stem_bn = nn.BatchNorm3d(dim)
-        self.pos = nn.Parameter(torch.empty(num_patches, dim))
-        self.blocks = nn.ModuleList(SideBlock(dim, vit_width, temporal_impl, options) for _ in range(layers))
+        self.pos = nn.Parameter(torch.empty(num_patches + options.cls_pos, dim))
+        self.blocks = nn.ModuleList(SideBlock(dim, vit_width, temporal_impl, options, form) for _ in range(layers))
         self.extra_cls = nn.Parameter(torch.empty(dim)) if options.representation == "extra-cls" else None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The reference implementation's initialisation."""
+        """The reference implementation's initialisation of each form.
+
+        Pre-norm (Recognition/clip/model.py): position std 0.01, attention and MLP as below. Post-norm
+        (Recognition/eva_clip/eva_vit_model.py): position std 0.02 and PyTorch's defaults elsewhere (its
+        `AttnCBlock` init matches parameter names its modules do not have, so it changes nothing).
+        """
         d = self.dim
-        nn.init.normal_(self.pos, std=0.01)
+        nn.init.normal_(self.pos, std=0.01 if self.form == "pre" else 0.02)
         if self.extra_cls is not None:
             nn.init.normal_(self.extra_cls, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.form == "post":
+            return
         for blk in self.blocks:
             nn.init.normal_(blk.attn.in_proj.weight, std=d**-0.5)
             nn.init.normal_(blk.attn.out_proj.weight, std=d**-0.5 * PROJ_DEPTH_SCALE)

@@ -8,6 +8,7 @@ from torch import nn
 from s4v.config import Config, check_preset
 from s4v.errors import UserError
 from s4v.models import create_model, create_retrieval_model
+from s4v.train.distributed import gather_with_grad
 
 
 def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
@@ -16,7 +17,7 @@ def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
     name, temporal_impl = cfg.model.preset, cfg.model.temporal_impl
     torch.manual_seed(cfg.train.seed)
     if cfg.model.task == "retrieval":
-        return create_retrieval_model(
+        model = create_retrieval_model(
             name,
             kind=cfg.model.kind,
             matching=cfg.model.matching,
@@ -25,6 +26,8 @@ def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
             device=device,
             temporal_impl=temporal_impl,
         )
+        model.feature_gather = gather_with_grad  # negatives from every data-parallel rank's batch
+        return model
     return create_model(
         name,
         num_classes=num_classes,

@@ -99,3 +99,59 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     tdist.all_reduce(values)
     return values / tdist.get_world_size()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows of a tensor, in rank order; backward hands each rank the summed gradient of its rows.
+
+    Every rank computes the same loss over the gathered batch, so the gradient of the local rows is
+    the sum of what each rank's loss sends them; DeepSpeed's mean over ranks then gives exactly the
+    gradient of one process holding the whole global batch (mmaction2's `GatherLayer` does the same).
+    Ranks may hold different numbers of rows (a skipped bad video): rows are padded for the exchange.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as tdist
+
+        sizes = _row_counts(x)
+        ctx.rank, ctx.sizes = tdist.get_rank(), sizes
+        return _gather_rows(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as tdist
+
+        grad = grad.contiguous()
+        tdist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]]
+
+
+def _row_counts(x: torch.Tensor) -> list[int]:
+    import torch.distributed as tdist
+
+    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(counts, torch.tensor([x.shape[0]], device=x.device))
+    return [int(c) for c in counts]
+
+
+def _gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    import torch.distributed as tdist
+
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    tdist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Contrastive negatives from the global batch: every rank's rows, gradients flowing to the local ones."""
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return x
+    if not x.requires_grad:  # masks and indices
+        return _gather_rows(x, _row_counts(x))
+    return _GatherWithGrad.apply(x)

@@ -213,6 +213,19 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
     )
 
 
+@torch.no_grad()
+def clamp_parameter(param: nn.Parameter, max_value: float) -> None:
+    """Clamp a trainable parameter in place, and the fp32 master copy DeepSpeed keeps of it under ZeRO 1-3
+    or its bf16 optimizer (otherwise the parameter is the master). fp16 without ZeRO keeps a master
+    DeepSpeed offers no per-parameter access to: there the clamp reaches the fp16 copy only."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    param.clamp_(max=max_value)
+    master = safe_get_full_fp32_param(param)
+    if master is not None:
+        safe_set_full_fp32_param(param, master.clamp(max=max_value))
+
+
 def build_engine(
     model: nn.Module, cfg: Config, ds: dict[str, Any], dist: DistInfo, steps_per_epoch: int
 ) -> tuple[DeepSpeedEngine, TrainableView]:

@@ -53,7 +53,8 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """Collective: each rank encodes its videos, every rank gets all of them, rank 0's metrics are returned.
 
-    Views (crops x clips) are averaged per frame embedding. The similarity matrix is computed block by block.
+    Views (crops x clips) are averaged per frame embedding (the matcher normalises). The similarity
+    matrix is computed block by block.
     """
     was_training = model.training
     model.eval()
@@ -63,7 +64,7 @@ def evaluate_retrieval(
         views = video.shape[1] if video.dim() == 6 else 1
         flat = video.flatten(0, 1) if views > 1 else video
         f = model.encode_video(flat.to(device, dtype)).float()
-        frames.append(torch.nn.functional.normalize(f.view(video.shape[0], views, *f.shape[1:]).mean(1), dim=-1))
+        frames.append(f.view(video.shape[0], views, *f.shape[1:]).mean(1))
         idx.append(batch["index"].cpu())
     parts = [p for p in all_gather_objects((idx, [f.cpu() for f in frames])) if p[0]]
     order = torch.cat([i for p in parts for i in p[0]])
@@ -72,10 +73,13 @@ def evaluate_retrieval(
     feats, mask, eot = [], [], []
     for chunk in text_tokens.split(block):
         t, m, e = model.encode_text(chunk.to(device))
-        feats.append(t.float().cpu())
-        mask.append(m.cpu())
-        eot.append(e.cpu())
-    sim = blockwise_similarity(model.matching, torch.cat(feats), torch.cat(mask), torch.cat(eot), video_emb, block)
+        feats.append(t.float())
+        mask.append(m)
+        eot.append(e)
+    video_emb = video_emb.to(device)
+    sim = blockwise_similarity(
+        model.similarity, torch.cat(feats), torch.cat(mask), torch.cat(eot), video_emb, block
+    ).cpu()
     model.train(was_training)
     metrics = retrieval_metrics(sim, owner)
     return metrics | {"num_videos": int(video_emb.shape[0]), "num_captions": int(len(owner))}

@@ -20,9 +20,10 @@ from s4v.config import Config
 from s4v.data.loader import VideoLoader
 from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
-from s4v.models.retrieval import symmetric_info_nce
+from s4v.models.retrieval import MAX_LOGIT_SCALE, symmetric_info_nce
 from s4v.train import evaluate as recognition
 from s4v.train import retrieval
+from s4v.train.engine import clamp_parameter
 
 Batch = dict[str, Any]  # a loader batch: "video", "label", "index" tensors
 Metrics = dict[str, Any]
@@ -50,6 +51,10 @@ class Task(Protocol):
     def headline(self, metrics: Metrics | None) -> dict[str, Any]: ...
 
     def write_report(self, metrics: Metrics, out_dir: Path, name: str) -> tuple[Path, ...]: ...
+
+    def after_step(self, model: nn.Module) -> None:
+        """Constraints the recipe puts on parameters once an optimizer step is done (`model`: the full model)."""
+        ...
 
 
 def _views(loader: VideoLoader) -> str:
@@ -88,6 +93,9 @@ class RecognitionTask:
 
     def write_report(self, metrics: Metrics, out_dir: Path, name: str) -> tuple[Path, ...]:
         return recognition.write_report(metrics, out_dir, name)
+
+    def after_step(self, model: nn.Module) -> None:
+        return None
 
 
 class RetrievalTask:
@@ -138,6 +146,10 @@ class RetrievalTask:
         path = out_dir / f"{name}.json"
         path.write_text(json.dumps(metrics, indent=2))
         return (path,)
+
+    def after_step(self, model: nn.Module) -> None:
+        # Retrieval/main_task_retrieval.py clamps the logit scale to <= ln 100 after every optimizer step.
+        clamp_parameter(model.temperature.logit_scale, MAX_LOGIT_SCALE)
 
 
 def make_task(cfg: Config, dtype: torch.dtype, device: torch.device, train_loader: VideoLoader | None = None) -> Task:

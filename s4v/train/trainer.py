@@ -223,6 +223,7 @@ class Trainer:
         if self.position.batch % self.plan.accumulation:
             return False
         self.position.step += 1
+        self.task.after_step(self.model)
         self._log_step()
         return True
 
