@@ -69,6 +69,7 @@ class TrainConfig:
     eval_every_epochs: int = 1  # 0: no evaluation during training
     log_every_steps: int = 1
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs); for smoke tests
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) that stop the run
     progress: bool = True  # tqdm bar on rank 0
     threads_per_rank: int = 0  # CPU intra-op threads per rank; 0: cores / local ranks
 

@@ -55,14 +55,18 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--num-classes", type=int, default=174)
     parser.add_argument("--frames", type=int, default=None, help="frames per view (default: the preset's)")
     args = parser.parse_args(argv)
-    print("| preset | backbone | l x d | tunable (M) | paper TP (M) | frozen (M) | GFLOPs/view | paper GFLOPs/view |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| preset | backbone | l x d | tunable | tunable (M) | paper TP (M) | frozen (M) | GFLOPs/view "
+        "| paper GFLOPs/view |"
+    )
+    print("|---|---|---|---:|---|---|---|---|---|")
     for name in args.preset:
         row = describe(name, args.num_classes, args.frames)
         paper_tp = PRESETS[name].paper_tunable_m
         paper_fl = PRESETS[name].paper_gflops_per_view
         print(
-            f"| {name} | {row['backbone']} | {row['side_layers']} x {row['side_dim']} | {row['tunable'] / 1e6:.2f} "
+            f"| {name} | {row['backbone']} | {row['side_layers']} x {row['side_dim']} | {row['tunable']:,} "
+            f"| {row['tunable'] / 1e6:.2f} "
             f"| {paper_tp if paper_tp is not None else '-'} | {row['frozen'] / 1e6:.1f} "
             f"| {row['gflops_per_view']:.1f} | {f'{paper_fl:.0f}' if paper_fl else '-'} |"
         )

@@ -208,9 +208,26 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
     params = model.trainable_parameters()
     if optim.clip_lr is not None and hasattr(model, "parameter_groups"):
         params = model.parameter_groups(optim.clip_lr, optim.lr)
-    return torch.optim.AdamW(
+    return SkippingAdamW(
         params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, foreach=False
     )
+
+
+class SkippingAdamW(torch.optim.AdamW):
+    """AdamW that refuses a step whose gradients are not all finite and reports it through `overflow`.
+
+    `overflow` is what DeepSpeed reads after every optimizer step: when it is set, DeepSpeed leaves the
+    LR scheduler alone, counts a skipped step and `engine.was_step_applied()` is False. Its fp16, bf16 and
+    ZeRO optimizers check gradients themselves; a plain fp32 optimizer (ZeRO 0) relies on this one.
+    """
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        return None if self.overflow else super().step(closure)
 
 
 @torch.no_grad()
