@@ -89,3 +89,17 @@ def test_loader_reads_the_captions_once_and_the_retrieval_task_takes_them(
     assert [r.label for r in loader.records] == [0, 1]  # each video is its own class
     assert task.train_tokens.captions is loader.captions
     assert task.train_tokens.sample(torch.tensor([1, 0]), epoch=0).shape == (2, cfg.model.text_length)
+
+
+def test_relative_data_root_resolves_once(synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data.root` relative to the working directory, as the demo configs give it (`data/synth`)."""
+    from s4v.data.annotations import read_split
+    from s4v.data.config import DataConfig
+
+    monkeypatch.chdir(synth.parent)
+    cfg = DataConfig(
+        root=synth.name, fmt="msrvtt", train_list="captions_train.csv", val_list="captions_test.csv",
+        class_file="captions.json",
+    )  # fmt: skip
+    split = read_split(cfg, "train")
+    assert split.records and all(Path(r.path).is_file() for r in split.records)

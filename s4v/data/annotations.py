@@ -128,10 +128,11 @@ def load_k400(path: Path, root: Path, names: list[str], ext: str) -> list[VideoR
 def read_split(cfg: DataConfig, split: str) -> Split:
     """Read the annotation files of `split` ("train" | "val") once, whatever the format."""
     root = Path(cfg.root)
-    ann = _resolve(root, cfg.train_list if split == "train" else cfg.val_list)
+    split_file = cfg.train_list if split == "train" else cfg.val_list
     if cfg.fmt in CAPTION_FORMATS:  # retrieval: each video is its own class, named by its id
-        captions = load_caption_split(cfg.fmt, root, ann, cfg.class_file)
+        captions = load_caption_split(cfg.fmt, root, split_file, cfg.class_file)  # resolves against root itself
         return Split(captions.records, captions.video_ids, captions)
+    ann = _resolve(root, split_file)
     classes = _resolve(root, cfg.class_file)
     if cfg.fmt == "ssv2":
         return Split(*load_ssv2(ann, root, classes or root / "something-something-v2-labels.json"))
