@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("s4v.info:cli", "parameters, GFLOPs and memory estimate of a preset"),
     "synth": ("s4v.data.synth:cli", "write the embedded synthetic video dataset"),
     "plan": ("s4v.memory.plan:cli", "largest side network and batch that fit a GPU memory budget"),
+    "predict": ("s4v.infer:predict_cli", "top-k classes of videos with a trained recognition checkpoint"),
+    "embed": ("s4v.search:embed_cli", "index the frame embeddings of videos with a retrieval checkpoint"),
+    "search": ("s4v.search:search_cli", "rank indexed videos for a text, or texts for a video"),
 }
 
 

@@ -5,20 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from s4v.config import Config, load_config
 from s4v.data import build_loader
 from s4v.data.config import parse_views
 from s4v.errors import UserError
+from s4v.infer import DTYPES, default_dtype, load_trained
 from s4v.tracking import Tracker
-from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
-from s4v.train.checkpoint import load_trainable, read_meta
+from s4v.train.checkpoint import read_meta
 from s4v.train.distributed import init_distributed
-from s4v.train.engine import prepare_for_dtype
 from s4v.train.tasks import make_task
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def evaluate_checkpoint(
@@ -32,10 +27,11 @@ def evaluate_checkpoint(
     validation split with `views` (CROPSxCLIPS) in the compute dtype that training uses the same way."""
     directory = Path(checkpoint)
     crops, clips = parse_views(views)
+    run_overrides = [*overrides, f"data.test_crops={crops}", f"data.test_clips={clips}"]
     meta = read_meta(directory)
-    cfg = load_config(directory / "config.yaml", [*overrides, f"data.test_crops={crops}", f"data.test_clips={clips}"])
+    cfg = load_config(directory / "config.yaml", run_overrides)
     dist = init_distributed(cfg.train.threads_per_rank)
-    compute = DTYPES[dtype or ("fp32" if dist.device.type == "cpu" else "fp16")]
+    compute = DTYPES[dtype or default_dtype(dist.device)]
 
     loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
     if cfg.model.task == "recognition":
@@ -45,9 +41,7 @@ def evaluate_checkpoint(
                 f"names differ: evaluate on the dataset {directory} was trained on"
             )
     task = make_task(cfg, compute, dist.device)
-    model = build_model(cfg, meta["num_classes"], dist.device)
-    check_fingerprint(meta["backbone_fingerprint"], backbone_fingerprint(model))
-    prepare_for_dtype(model, compute).load_state_dict(load_trainable(directory))
+    model, _, _ = load_trained(directory, dist.device, compute, run_overrides)
 
     metrics = task.evaluate(model, loader)
     metrics["checkpoint"] = str(directory)
