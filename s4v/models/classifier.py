@@ -59,19 +59,8 @@ class Side4VideoClassifier(VideoClassifier):
         form: BlockForm = "pre",
     ) -> None:
         super().__init__()
-        shape = backbone.shape
         self.backbone = backbone
-        self.side = SideNetwork(
-            shape.width,
-            shape.layers,
-            shape.patch_size,
-            shape.num_patches,
-            side_dim,
-            side_layers,
-            temporal_impl,
-            options,
-            form,
-        )
+        self.side = SideNetwork.on(backbone.shape, side_dim, side_layers, temporal_impl, options, form)
         self.head = RecognitionHead(side_dim, num_classes, dropout, form)
 
     def forward(self, video: Tensor) -> Tensor:

@@ -87,17 +87,7 @@ class VideoTextRetrieval(nn.Module):
         self.visual_head = VisualHead(backbone, trainable=backbone.is_eva)
         self.side = None
         if side_dim is not None:
-            self.side = SideNetwork(
-                shape.width,
-                shape.layers,
-                shape.patch_size,
-                shape.num_patches,
-                side_dim,
-                side_layers,
-                temporal_impl,
-                RETRIEVAL_SIDE,
-                form,
-            )
+            self.side = SideNetwork.on(shape, side_dim, side_layers, temporal_impl, RETRIEVAL_SIDE, form)
             self.side_bn = nn.BatchNorm3d(side_dim)
             self.up = nn.Linear(side_dim, shape.width, bias=False)
         self.text = TextEncoder(clip)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from s4v.choices import BlockForm, TemporalImpl
 from s4v.kernels import TemporalConvBranch
+from s4v.models.backbone import TowerShape
 from s4v.models.fusion import DownNorm, NormDown
 
 PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^-0.5
@@ -264,6 +265,21 @@ class SideNetwork(nn.Module):
             nn.init.normal_(blk.mlp[2].weight, std=d**-0.5 * PROJ_DEPTH_SCALE)
             for lin in (blk.attn.in_proj, blk.attn.out_proj, blk.mlp[0], blk.mlp[2]):
                 nn.init.zeros_(lin.bias)
+
+    @classmethod
+    def on(
+        cls,
+        tower: TowerShape,
+        dim: int,
+        layers: int,
+        temporal_impl: TemporalImpl = "auto",
+        options: SideOptions = PAPER_SIDE,
+        form: BlockForm = "pre",
+    ) -> SideNetwork:
+        """A side network of `layers` x `dim` reading the frozen tower of shape `tower`."""
+        return cls(
+            tower.width, tower.layers, tower.patch_size, tower.num_patches, dim, layers, temporal_impl, options, form
+        )
 
     def stem_tokens(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> (B, T, N, d)."""
