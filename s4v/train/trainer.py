@@ -26,8 +26,9 @@ from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import DataPosition
-from s4v.train.distributed import all_gather_objects, all_reduce_mean, barrier, init_distributed
+from s4v.train.distributed import all_reduce_mean, barrier, init_distributed
 from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
+from s4v.train.guard import NonFiniteGuard
 from s4v.train.tasks import Batch, Metrics, make_task
 
 if TYPE_CHECKING:
@@ -131,9 +132,7 @@ class Trainer:
         self.last_eval: Metrics | None = None
         self.bar: tqdm | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64)
-        self.window_paths: list[str] = []  # videos of the current accumulation window (named if it goes bad)
-        self.window_buffers: list[torch.Tensor] = []  # the trainable modules' buffers when the window started
-        self.bad_steps = self.skipped_steps = 0  # consecutive / all steps skipped for a non-finite loss or grad
+        self.guard = NonFiniteGuard(self.view, cfg.train.max_bad_steps, lambda: ckpt.latest_checkpoint(self.ckpt_root))
         self.t_step, self.lr = 0.0, 0.0
 
     def _resume(self, resume: str | None) -> Path | None:
@@ -213,7 +212,6 @@ class Trainer:
                 leave=True,
             )
         self.loss_sum.zero_()
-        self.window_paths = []
         self.t_step = time.perf_counter()
         self.lr = self.engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
 
@@ -221,68 +219,32 @@ class Trainer:
         """Forward and backward of one micro-batch; DeepSpeed steps the optimizer after `accumulation`
         of them. Returns whether this micro-batch completed an optimizer step (which is then logged)."""
         batch = {**batch, "video": batch["video"].to(self.dist.device, self.dtype, non_blocking=True)}
-        if self.position.batch % self.plan.accumulation == 0:  # a window starts: what a bad step must undo
-            self.window_buffers = [b.detach().clone() for b in self.view.buffers()]
+        if self.position.batch % self.plan.accumulation == 0:
+            self.guard.start_window()
         loss = self.task.loss(self.engine, batch, self.position.epoch)
         self.engine.backward(loss)
         self.engine.step()
         self.loss_sum += loss.detach().double().cpu()
-        self.window_paths += [self.train_loader.records[i].path for i in batch["index"].tolist()]
+        self.guard.paths += [self.train_loader.records[i].path for i in batch["index"].tolist()]
         self.position.batch += 1
         if self.position.batch % self.plan.accumulation:
             return False
         self.position.step += 1
         mean_loss = all_reduce_mean(self.loss_sum / self.plan.accumulation).item()  # collective
-        # Non-finite gradients make every DeepSpeed optimizer skip its step (fp16: also a loss-scale
-        # overflow, which DeepSpeed handles and which is no error when the loss is finite).
-        skipped = not self.engine.was_step_applied()
-        if not math.isfinite(mean_loss) or (skipped and self.dtype != torch.float16):
-            self._bad_step(mean_loss)
+        if self.guard.is_bad(mean_loss, self.engine.was_step_applied(), self.dtype == torch.float16):
+            self.guard.bad_step(self.position.step, mean_loss, self._report_skip)
         else:
-            self.bad_steps = 0
+            self.guard.good_step()
             self.task.after_step(self.model)
         self._log_step(mean_loss)
-        self.window_paths = []
         return True
 
-    def _bad_step(self, mean_loss: float) -> None:
-        """Collective: a step skipped for a non-finite loss or gradient; too many in a row stop the run.
-
-        The optimizer and scheduler did not step; the window's forwards still moved the BatchNorm
-        running statistics (to NaN, typically), so those buffers go back to the window's start.
-        """
-        with torch.no_grad():
-            for buffer, saved in zip(self.view.buffers(), self.window_buffers, strict=True):
-                buffer.copy_(saved)
-        self.bad_steps += 1
-        self.skipped_steps += 1
-        paths = [p for rank_paths in all_gather_objects(self.window_paths) for p in rank_paths]
-        step, limit = self.position.step, self.cfg.train.max_bad_steps
+    def _report_skip(self, message: str, skipped: int) -> None:
         if self.dist.is_main:
-            what = "loss" if not math.isfinite(mean_loss) else "gradient"
-            print(f"[s4v] step {step} skipped: non-finite {what} ({mean_loss}); videos: {' '.join(paths)}", flush=True)
-            self.tracker.log_metrics({"train/skipped_steps": self.skipped_steps}, step)
-        if self.bad_steps >= limit:
-            if self.dist.is_main:
+            print(f"[s4v] {message}", flush=True)
+            self.tracker.log_metrics({"train/skipped_steps": skipped}, self.position.step)
+            if self.guard.consecutive >= self.guard.limit:
                 self.tracker.finish("FAILED")
-            raise UserError(
-                f"{self.bad_steps} consecutive steps with a non-finite loss or gradient (up to step {step}, "
-                f"train.max_bad_steps={limit}); last good checkpoint: {self._last_good()}"
-            )
-
-    def _last_good(self) -> str:
-        latest = ckpt.latest_checkpoint(self.ckpt_root)
-        return str(latest) if latest is not None else "none (no checkpoint was written)"
-
-    def _check_finite(self, what: str) -> None:
-        """Never write a checkpoint holding a non-finite trainable tensor."""
-        state = self.view.state_dict()
-        bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
-            raise UserError(
-                f"not writing {what}: trainable tensors are not finite at step {self.position.step} "
-                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); last good checkpoint: {self._last_good()}"
-            )
 
     def _log_step(self, mean_loss: float) -> None:
         record = {
@@ -308,7 +270,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Collective: a checkpoint of the current position."""
-        self._check_finite("a checkpoint")
+        self.guard.check_finite("a checkpoint", self.position.step)
         return ckpt.save_checkpoint(
             self.engine, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
         )
@@ -327,7 +289,7 @@ class Trainer:
         """Rank 0 exports the trainable state to `final/`, writes `result.json` and closes tracking."""
         step = self.position.step
         result: dict[str, Any] = {"steps": step, "wall_s": time.perf_counter() - self.t_start, "eval": self.last_eval}
-        self._check_finite("final/")
+        self.guard.check_finite("final/", self.position.step)
         if self.dist.is_main:
             final = ckpt.export_trainable(self.view, self.out / "final", self.cfg, {**self.meta, "step": step})
             if self.last_eval is not None:
