@@ -21,12 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("s4v.infer:predict_cli", "top-k classes of videos with a trained recognition checkpoint"),
     "embed": ("s4v.search:embed_cli", "index the frame embeddings of videos with a retrieval checkpoint"),
     "search": ("s4v.search:search_cli", "rank indexed videos for a text, or texts for a video"),
+    "convert-reference": ("s4v.convert:cli", "import a checkpoint of the authors' code as a final/ directory"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: s4v COMMAND [args] [--debug]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", f"{DEBUG_FLAG} (or {DEBUG_ENV}=1): show the traceback of an input error"]
     return "\n".join(lines)
 

@@ -63,15 +63,15 @@ def test_blockwise_equals_full_similarity() -> None:
 
 
 @pytest.mark.parametrize("kind", ["side4video", "meanpool"])
-def test_retrieval_model_trains_text_side_and_matcher_only(kind: str) -> None:
-    """As the reference's --freeze_vit_encoder: on a CLIP tower its final norm and projection stay frozen."""
+def test_retrieval_model_trains_text_side_head_and_matcher_only(kind: str) -> None:
+    """As the reference's recipe: the image tower frozen but its final norm and projection."""
     torch.manual_seed(0)
     model = create_retrieval_model("tiny-retrieval", kind=kind, temporal_impl="reference")
     tokens = open_clip.get_tokenizer(TINY.tokenizer)(["a red circle moving left", "a blue square"])
     logits = model(torch.randn(2, 4, 3, 64, 64), tokens)
     symmetric_info_nce(logits).backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert all(p.grad is None and not p.requires_grad for p in model.visual_head.parameters())
+    assert all(p.grad is not None for p in model.visual_head.parameters())
     assert model.text.token_embedding.weight.grad is not None
     assert all(p.grad is not None for p in model.matcher.parameters())
     if kind == "side4video":

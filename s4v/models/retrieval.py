@@ -3,10 +3,11 @@
 Frame embedding = Proj(LN_post(Z_out[CLS] + Up(mean over patches of BN3d(side output)))), following the
 reference's Retrieval/modules/module_clip.py (`VisualTransformer.forward`): a BatchNorm3d on the side
 output, a bias-free `Up` that starts at zero (training starts from CLIP's zero-shot frame embeddings),
-and the sum taken before the tower's final LayerNorm. The CLIP text tower is trained; the tower's final
-norm and projection are trained only on EVA towers (Retrieval/main_task_retrieval.py freezes every
-`visual.*` parameter but the side network and EVA's `visual.head` / `visual.norm`). The `meanpool` kind
-is CLIP4Clip with a frozen ViT: no side network, the frames' projected [CLS] matched the same way.
+and the sum taken before the tower's final LayerNorm. Trained besides the new modules: the CLIP text tower
+and the tower's final norm and projection (Retrieval/main_task_retrieval.py: `--freeze_vit_encoder`
+freezes every `visual.*` parameter, then its `freeze_layer_num` loop turns `visual.ln_post` / `visual.proj`
+(EVA: `visual.norm` / `visual.head`) back on as "top layers [that] always need to train"). The `meanpool`
+kind is CLIP4Clip with a frozen ViT: no side network, the frames' projected [CLS] matched the same way.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class Temperature(nn.Module):
 
 
 class VisualHead(nn.Module):
-    """The tower's final norm and projection, copied out of it: eq. 4 applies them to Z_cls + Up(...)."""
+    """The tower's final norm and projection, copied out of it (trained, at the CLIP learning rate): eq. 4
+    applies them to Z_cls + Up(...)."""
 
-    def __init__(self, backbone: FrozenBackbone, trainable: bool) -> None:
+    def __init__(self, backbone: FrozenBackbone) -> None:
         super().__init__()
         norm, weight, bias = backbone.final_layers()
         self.norm = copy.deepcopy(norm).float()
@@ -62,7 +64,7 @@ class VisualHead(nn.Module):
             self.proj.weight.copy_(weight)
             if bias is not None:
                 self.proj.bias.copy_(bias)
-        self.requires_grad_(trainable)
+        self.requires_grad_(True)  # the copied norm comes out of the frozen tower with requires_grad off
 
     def forward(self, cls: Tensor) -> Tensor:
         return self.proj(self.norm(cls.to(self.proj.weight.dtype)))
@@ -84,7 +86,7 @@ class VideoTextRetrieval(nn.Module):
         super().__init__()
         self.backbone = backbone
         shape = backbone.shape
-        self.visual_head = VisualHead(backbone, trainable=backbone.is_eva)
+        self.visual_head = VisualHead(backbone)
         self.side = None
         if side_dim is not None:
             self.side = SideNetwork.on(shape, side_dim, side_layers, temporal_impl, RETRIEVAL_SIDE, form)
