@@ -100,6 +100,12 @@ def test_run_contents_on_real_server(synth: Path, server: str, tmp_path: Path) -
     assert [m.step for m in loss] == list(range(1, 11))
     for name in ("train/lr", "train/clips_per_s", "train/peak_mem_mb", "val/top1", "val/top5"):
         assert client.get_metric_history(run.info.run_id, name), name
+    steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/step_s")}
+    waits = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/data_wait_s")}
+    assert sorted(steps) == list(range(1, 11)) and all(0 <= waits[k] <= steps[k] for k in steps)
+    tflops = client.get_metric_history(run.info.run_id, "train/tflops")
+    assert len(tflops) == 10 and all(m.value > 0 for m in tflops)
+    assert not client.get_metric_history(run.info.run_id, "train/mfu")  # no known peak on a CPU
     assert len(client.get_metric_history(run.info.run_id, "val/top1")) == 2  # after each epoch
     system = [k for k in run.data.metrics if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system

@@ -8,9 +8,7 @@ loop, and the steps it is made of (a micro-batch, a checkpoint, an evaluation, t
 from __future__ import annotations
 
 import json
-import math
 import random
-import resource
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from s4v.config import Config, flatten, to_dict
 from s4v.data import build_loader
 from s4v.errors import UserError
+from s4v.perf import mfu, peak_flops
 from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
@@ -29,17 +28,11 @@ from s4v.train.checkpoint import DataPosition
 from s4v.train.distributed import all_reduce_mean, barrier, init_distributed
 from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
 from s4v.train.guard import NonFiniteGuard
+from s4v.train.metrics import StepLog, StepTimer, flops_per_micro_batch, peak_memory_mb
 from s4v.train.tasks import Batch, Metrics, make_task
 
 if TYPE_CHECKING:
     from tqdm import tqdm
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated accelerator memory, or peak resident set size of this process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -47,27 +40,6 @@ def seed_rank(seed: int, rank: int) -> None:
     torch.manual_seed(seed + 1000003 * rank)
     np.random.seed((seed + 1000003 * rank) % 2**32)
     random.seed(seed + 1000003 * rank)
-
-
-class StepLog:
-    """Rank 0's per-step record: `metrics.jsonl` (exact losses, for resume checks) and MLflow."""
-
-    def __init__(self, path: Path, tracker: Tracker, every: int, active: bool) -> None:
-        self.path, self.tracker, self.every, self.active = path, tracker, max(1, every), active
-
-    def truncate(self, step: int) -> None:
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
-
-    def write(self, step: int, record: dict[str, float]) -> None:
-        if not self.active:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
-        if step % self.every == 0:  # a skipped step's non-finite loss stays in metrics.jsonl only
-            finite = {k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}
-            self.tracker.log_metrics({f"train/{k}": v for k, v in finite.items()}, step)
 
 
 class Trainer:
@@ -105,7 +77,10 @@ class Trainer:
         self.model = build_model(cfg, self.train_loader.num_classes, dist.device)
         fingerprint = backbone_fingerprint(self.model)
         self.engine, self.view = build_engine(self.model, cfg, self.ds, dist, self.steps_per_epoch)
-        seed_rank(cfg.train.seed, dist.rank)
+        self.flops_per_step = self.plan.accumulation * self._micro_batch_flops()
+        self.peak = peak_flops(dist.device, self.dtype)
+        self.timer = StepTimer(dist.device)
+        seed_rank(cfg.train.seed, dist.rank)  # after every build: the training RNG streams start here
         self.meta: dict[str, Any] = {
             "num_classes": self.train_loader.num_classes,
             "classes": list(self.train_loader.classes),
@@ -133,7 +108,19 @@ class Trainer:
         self.bar: tqdm | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64)
         self.guard = NonFiniteGuard(self.view, cfg.train.max_bad_steps, lambda: ckpt.latest_checkpoint(self.ckpt_root))
-        self.t_step, self.lr = 0.0, 0.0
+        self.lr = 0.0
+
+    def _micro_batch_flops(self) -> float:
+        """Counted on a meta copy built like the model (no weights file read, no feature gathering)."""
+        cfg = replace(self.cfg, model=replace(self.cfg.model, checkpoint=None))
+
+        def meta_model(device: torch.device) -> torch.nn.Module:
+            model = build_model(cfg, self.train_loader.num_classes, device)
+            if hasattr(model, "feature_gather"):
+                model.feature_gather = None
+            return model
+
+        return flops_per_micro_batch(cfg, meta_model, self.train_loader.num_classes)
 
     def _resume(self, resume: str | None) -> Path | None:
         if not resume:
@@ -180,7 +167,7 @@ class Trainer:
         pos = self.position
         while pos.epoch < self.cfg.optim.epochs and pos.step < self.max_steps:
             self.start_epoch()
-            for batch in self.train_loader.iter_from(pos.batch):
+            for batch in self.timer.batches(self.train_loader.iter_from(pos.batch)):
                 if pos.batch >= self.micro_per_epoch or pos.step >= self.max_steps:
                     break
                 if self.train_step(batch):
@@ -212,7 +199,7 @@ class Trainer:
                 leave=True,
             )
         self.loss_sum.zero_()
-        self.t_step = time.perf_counter()
+        self.timer = StepTimer(self.dist.device)  # an evaluation or a save between epochs is no step time
         self.lr = self.engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
 
     def train_step(self, batch: Batch) -> bool:
@@ -247,20 +234,29 @@ class Trainer:
                 self.tracker.finish("FAILED")
 
     def _log_step(self, mean_loss: float) -> None:
+        step_s, wait_s = self.timer.lap()
+        flops = self.flops_per_step / step_s  # this rank's achieved FLOP/s
         record = {
             "epoch": self.position.epoch,
             "loss": mean_loss,
             "lr": self.lr,
-            "clips_per_s": self.plan.global_batch / (time.perf_counter() - self.t_step),
+            "step_s": step_s,
+            "data_wait_s": wait_s,
+            "clips_per_s": self.plan.global_batch / step_s,
+            "tflops": flops / 1e12,
+            "mfu": mfu(self.flops_per_step, step_s, self.peak),
             "peak_mem_mb": peak_memory_mb(self.dist.device),
         }
         self.log.write(self.position.step, record)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
+            extra = {} if record["mfu"] is None else {"mfu": f"{record['mfu']:.1%}"}
+            self.bar.set_postfix(
+                loss=f"{mean_loss:.4f}", lr=f"{self.lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}",
+                wait_s=f"{wait_s:.2f}", **extra,
+            )  # fmt: skip
             self.bar.update(1)
         self.loss_sum.zero_()
         self.lr = self.engine.get_lr()[-1]
-        self.t_step = time.perf_counter()
 
     def checkpoint_if_due(self) -> None:
         """Every `train.ckpt_every_steps` steps inside an epoch (epoch ends always save)."""

@@ -1,0 +1,100 @@
+"""Per-step training metrics, torchtitan-style: data-wait and step seconds, clips/s, achieved TFLOP/s and
+model FLOPs utilisation (where the device's peak is known), peak memory; written to `metrics.jsonl`
+(exact, for resume checks) and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from s4v.config import Config
+from s4v.memory.step import Workload
+from s4v.models.retrieval import symmetric_info_nce
+from s4v.perf import train_step_flops
+from s4v.tracking import Tracker
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepLog:
+    """Rank 0's per-step record: `metrics.jsonl` (exact losses, for resume checks) and MLflow."""
+
+    def __init__(self, path: Path, tracker: Tracker, every: int, active: bool) -> None:
+        self.path, self.tracker, self.every, self.active = path, tracker, max(1, every), active
+
+    def truncate(self, step: int) -> None:
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(f"{line}\n" for line in kept))
+
+    def write(self, step: int, record: dict[str, float]) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        if step % self.every == 0:  # a skipped step's non-finite loss stays in metrics.jsonl only
+            finite = {k: v for k, v in record.items() if k != "epoch" and v is not None and math.isfinite(v)}
+            self.tracker.log_metrics({f"train/{k}": v for k, v in finite.items()}, step)
+
+
+class StepTimer:
+    """Wall time of the optimizer step in progress and how much of it went to waiting for data."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = time.perf_counter()
+        self.data_wait = 0.0
+
+    def batches(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """`batches`, timing how long each one takes to arrive."""
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.data_wait += time.perf_counter() - t0
+            yield batch
+
+    def lap(self) -> tuple[float, float]:
+        """(step seconds, data-wait seconds) since the last lap; starts the next step's clock."""
+        if self.device.type == "cuda":  # the step's kernels must have finished to be timed
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        step, wait = now - self.start, self.data_wait
+        self.start, self.data_wait = now, 0.0
+        return step, wait
+
+
+def flops_per_micro_batch(cfg: Config, model_factory: Any, num_classes: int) -> float:
+    """FLOPs one rank executes for one micro-batch (forward + backward), counted on a meta-device copy
+    of the model built by `model_factory(device)` (no memory; seconds even for ViT-E)."""
+    data, b = cfg.data, cfg.data.batch_size
+
+    def inputs(device: torch.device) -> tuple[torch.Tensor, ...]:
+        video = torch.empty(b, data.num_frames, 3, data.image_size, data.image_size, device=device)
+        if cfg.model.task == "retrieval":
+            return video, torch.zeros(b, cfg.model.text_length, dtype=torch.long, device=device)
+        return video, torch.zeros(b, dtype=torch.long, device=device)
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if cfg.model.task == "retrieval":
+            return symmetric_info_nce(model(*batch))
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    return train_step_flops(Workload("train", model_factory, inputs, loss))
