@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo retrieval-demo test lint
+.PHONY: demo retrieval-demo test lint gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,3 +38,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q --durations=15
+
+# On a GPU machine: tests/gpu and the GPU benchmarks, one report in outputs/gpu_check/ (README "GPU check").
+# No $(STAMP): an offline GPU machine keeps its own torch; this runs .venv's python if there is one, else python3.
+# `make gpu-check GPU_CHECK_ARGS=--dry-run` runs the CPU forms of every part.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

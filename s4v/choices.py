@@ -15,3 +15,5 @@ ModelKind = Literal["side4video", "meanpool"]  # meanpool: order-invariant froze
 Matching = Literal["wti", "token", "global"]
 AttnBackend = Literal["sdpa", "math", "flash_attn", "xformers"]
 TemporalImpl = Literal["auto", "triton", "reference"]  # auto: Triton kernels on CUDA tensors, PyTorch elsewhere
+# torch.compile of each frozen block: none (eager) or a torch.compile mode (reduce-overhead: CUDA graphs on CUDA)
+CompileFrozen = Literal["none", "default", "reduce-overhead", "max-autotune"]

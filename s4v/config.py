@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from s4v.choices import AttnBackend, Matching, ModelKind, Task, TemporalImpl
+from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task, TemporalImpl
 from s4v.data.config import DataConfig
 from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
@@ -36,6 +36,7 @@ class ModelConfig:
     checkpoint: str | None = None  # open_clip / EVA-CLIP weights file; None: random init (seeded)
     attn_backend: AttnBackend = "sdpa"
     temporal_impl: TemporalImpl = "auto"
+    compile_frozen: CompileFrozen = "none"  # torch.compile mode of the frozen blocks (s4v.models.backbone)
     dropout: float | None = None  # head dropout; None: the preset's value
     matching: Matching = "wti"
     text_length: int = 32  # retrieval: caption tokens

@@ -10,7 +10,7 @@ from typing import get_args
 
 import torch
 
-from s4v.choices import AttnBackend, Matching, ModelKind, Task, TemporalImpl
+from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task, TemporalImpl
 from s4v.models.architectures import PRESETS, Preset
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
@@ -42,16 +42,18 @@ def create_model(
     side_layers: int | None = None,
     side_dim: int | None = None,
     side_options: SideOptions = PAPER_SIDE,
+    compile_frozen: CompileFrozen = "none",
 ) -> VideoClassifier:
     """Build a recognition model on a frozen tower; weights of the tower from a local file if given.
 
-    `side_layers` / `side_dim` / `side_options` change the preset's side network (Table 9, `s4v plan`).
+    `side_layers` / `side_dim` / `side_options` change the preset's side network (Table 9, `s4v plan`);
+    `compile_frozen` is the torch.compile mode of the frozen blocks (`FrozenBackbone`).
     """
     p = _checked_preset(preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     clip = build_clip(p.backbone, checkpoint, device)
-    backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype)
+    backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
     with torch.device(device):
         if kind == "meanpool":
             return MeanPoolProbe(backbone, num_classes)
@@ -76,11 +78,12 @@ def create_retrieval_model(
     device: str | torch.device = "cpu",
     frozen_dtype: torch.dtype | None = None,
     temporal_impl: TemporalImpl = "auto",
+    compile_frozen: CompileFrozen = "none",
 ) -> VideoTextRetrieval:
     """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower."""
     p = _checked_preset(preset, kind, "retrieval")
     clip = build_clip(p.backbone, checkpoint, device)
-    backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype)
+    backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
     side_dim, side_layers = (p.side_dim, p.side_layers) if kind == "side4video" else (None, None)
     with torch.device(device):
         return VideoTextRetrieval(clip, backbone, side_dim, side_layers, matching, temporal_impl, p.tower.block_form)

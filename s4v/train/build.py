@@ -25,6 +25,7 @@ def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
             attn_backend=cfg.model.attn_backend,
             device=device,
             temporal_impl=temporal_impl,
+            compile_frozen=cfg.model.compile_frozen,
         )
         model.feature_gather = gather_with_grad  # negatives from every data-parallel rank's batch
         return model
@@ -37,6 +38,7 @@ def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
         device=device,
         temporal_impl=temporal_impl,
         dropout=cfg.model.dropout,
+        compile_frozen=cfg.model.compile_frozen,
     )
 
 
