@@ -25,21 +25,11 @@ from s4v.data.captions import CaptionSplit
 from s4v.errors import UserError
 from s4v.infer import add_model_arguments, batched, iter_views, load_from_args
 from s4v.models.architectures import PRESETS
-from s4v.models.matching import blockwise_similarity
 from s4v.train.checkpoint import load_trainable
-from s4v.train.retrieval import CaptionTokens
+from s4v.train.retrieval import CaptionTokens, frame_embeddings, text_video_scores
 
-BLOCK = 256  # texts / videos per similarity block, as evaluate_retrieval
 # What `--videos DIR` picks up: the containers video collections come in (PyAV reads every one).
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv", ".3gp")
-
-
-@torch.no_grad()
-def frame_embeddings(model: nn.Module, video: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T, E) float32 of a (B, V, T, 3, S, S) batch: raw frame features averaged over the views."""
-    b, v = video.shape[:2]
-    f = model.encode_video(video.flatten(0, 1).to(device, dtype)).float()
-    return f.view(b, v, *f.shape[1:]).mean(1).cpu()
 
 
 @torch.no_grad()
@@ -51,14 +41,7 @@ def scores(model: nn.Module, cfg: Config, texts: list[str], frames: torch.Tensor
         cfg.model.text_length,
         cfg.train.seed,
     ).all()
-    feats, mask, eot = [], [], []
-    for chunk in tokens.split(BLOCK):
-        t, m, e = model.encode_text(chunk.to(device))
-        feats.append(t.float())
-        mask.append(m)
-        eot.append(e)
-    text = (torch.cat(feats), torch.cat(mask), torch.cat(eot))
-    return blockwise_similarity(model.similarity, *text, frames.to(device), BLOCK).cpu()
+    return text_video_scores(model, tokens, frames, device)
 
 
 def weights_digest(checkpoint: str | Path) -> str:
@@ -140,7 +123,7 @@ def embed_cli(argv: list[str]) -> int:
     kept, embeddings = [], []
     for batch_paths, video in batched(iter_views(paths, run.cfg.data, failed), run.batch_size):
         kept += batch_paths
-        embeddings.append(frame_embeddings(run.model, video, run.device, run.dtype))
+        embeddings.append(frame_embeddings(run.model, video, run.device, run.dtype).cpu())
     if not kept:
         raise UserError(f"none of the {len(paths)} video(s) could be read; no index written")
     stems = [Path(v).stem for v in kept]
@@ -184,7 +167,7 @@ def _search_video(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     doc: dict[str, Any] = {"checkpoint": args.checkpoint, "video": args.video, "results": []}
     if failed:
         return doc | {"error": failed[0][1]}, False
-    frames = frame_embeddings(run.model, views[0][None], run.device, run.dtype)
+    frames = frame_embeddings(run.model, views[0][None], run.device, run.dtype).cpu()
     sim = scores(run.model, run.cfg, [t for _, t in numbered], frames, run.device)[:, 0]
     hits = [{"line": numbered[i][0], "text": numbered[i][1], "score": float(sim[i])} for i in _ranked(sim, args.top)]
     if not args.json:

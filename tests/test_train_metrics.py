@@ -34,7 +34,7 @@ def test_counted_flops_grow_linearly_with_the_micro_batch(task: str) -> None:
 
     def flops(batch: int) -> float:
         cfg = load_config(None, [f"model.task={task}", f"model.preset={preset}", f"data.batch_size={batch}"])
-        return flops_per_micro_batch(cfg, lambda device: build_model(cfg, 5, device), 5)
+        return flops_per_micro_batch(cfg, lambda device: build_model(cfg, 5, device))
 
     one, two = flops(1), flops(2)
     assert one > 1e8  # a tiny tower's clip is still ~0.1 GFLOP forward and backward

@@ -9,7 +9,7 @@ import json
 import math
 import resource
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ class StepTimer:
         return step, wait
 
 
-def flops_per_micro_batch(cfg: Config, model_factory: Any, num_classes: int) -> float:
+def flops_per_micro_batch(cfg: Config, model_factory: Callable[[torch.device], torch.nn.Module]) -> float:
     """FLOPs one rank executes for one micro-batch (forward + backward), counted on a meta-device copy
     of the model built by `model_factory(device)` (no memory; seconds even for ViT-E)."""
     data, b = cfg.data, cfg.data.batch_size

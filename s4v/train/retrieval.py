@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from torch import nn
 
 from s4v.data.captions import CaptionSplit
 from s4v.metrics.retrieval import retrieval_metrics
@@ -42,6 +43,34 @@ class CaptionTokens:
         return self.tokenizer(texts), torch.tensor(owner)
 
 
+BLOCK = 256  # texts / videos per similarity block: token-wise matching of large test sets stays in memory
+
+
+@torch.no_grad()
+def frame_embeddings(model: nn.Module, video: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T, E) float32 frame features of a (B, T, 3, S, S) or (B, V, T, 3, S, S) batch, averaged over the
+    V views (the matcher normalises them)."""
+    views = video.shape[1] if video.dim() == 6 else 1
+    flat = video.flatten(0, 1) if video.dim() == 6 else video
+    f = model.encode_video(flat.to(device, dtype)).float()
+    return f.view(video.shape[0], views, *f.shape[1:]).mean(1)
+
+
+@torch.no_grad()
+def text_video_scores(
+    model: nn.Module, tokens: torch.Tensor, frames: torch.Tensor, device: torch.device, block: int = BLOCK
+) -> torch.Tensor:
+    """(texts, videos) similarities of tokenised texts against frame embeddings (Nv, T, E), on the CPU."""
+    feats, mask, eot = [], [], []
+    for chunk in tokens.split(block):
+        t, m, e = model.encode_text(chunk.to(device))
+        feats.append(t.float())
+        mask.append(m)
+        eot.append(e)
+    text = (torch.cat(feats), torch.cat(mask), torch.cat(eot))
+    return blockwise_similarity(model.similarity, *text, frames.to(device), block).cpu()
+
+
 @torch.no_grad()
 def evaluate_retrieval(
     model: VideoTextRetrieval,
@@ -49,7 +78,7 @@ def evaluate_retrieval(
     tokens: CaptionTokens,
     dtype: torch.dtype,
     device: torch.device,
-    block: int = 256,
+    block: int = BLOCK,
 ) -> dict[str, Any]:
     """Collective: each rank encodes its videos, every rank gets all of them, rank 0's metrics are returned.
 
@@ -60,26 +89,13 @@ def evaluate_retrieval(
     model.eval()
     idx, frames = [], []
     for batch in batches:
-        video = batch["video"]
-        views = video.shape[1] if video.dim() == 6 else 1
-        flat = video.flatten(0, 1) if views > 1 else video
-        f = model.encode_video(flat.to(device, dtype)).float()
-        frames.append(f.view(video.shape[0], views, *f.shape[1:]).mean(1))
+        frames.append(frame_embeddings(model, batch["video"], device, dtype))
         idx.append(batch["index"].cpu())
     parts = [p for p in all_gather_objects((idx, [f.cpu() for f in frames])) if p[0]]
     order = torch.cat([i for p in parts for i in p[0]])
     video_emb = torch.cat([f for p in parts for f in p[1]])[order.argsort()]
     text_tokens, owner = tokens.all()
-    feats, mask, eot = [], [], []
-    for chunk in text_tokens.split(block):
-        t, m, e = model.encode_text(chunk.to(device))
-        feats.append(t.float())
-        mask.append(m)
-        eot.append(e)
-    video_emb = video_emb.to(device)
-    sim = blockwise_similarity(
-        model.similarity, torch.cat(feats), torch.cat(mask), torch.cat(eot), video_emb, block
-    ).cpu()
+    sim = text_video_scores(model, text_tokens, video_emb, device, block)
     model.train(was_training)
     metrics = retrieval_metrics(sim, owner)
     return metrics | {"num_videos": int(video_emb.shape[0]), "num_captions": int(len(owner))}

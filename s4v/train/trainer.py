@@ -120,7 +120,7 @@ class Trainer:
                 model.feature_gather = None
             return model
 
-        return flops_per_micro_batch(cfg, meta_model, self.train_loader.num_classes)
+        return flops_per_micro_batch(cfg, meta_model)
 
     def _resume(self, resume: str | None) -> Path | None:
         if not resume:
