@@ -37,6 +37,7 @@ class ModelConfig:
     attn_backend: AttnBackend = "sdpa"
     temporal_impl: TemporalImpl = "auto"
     compile_frozen: CompileFrozen = "none"  # torch.compile mode of the frozen blocks (s4v.models.backbone)
+    shard_frozen: bool = False  # frozen blocks sharded over the data-parallel ranks (s4v.models.sharding)
     dropout: float | None = None  # head dropout; None: the preset's value
     matching: Matching = "wti"
     text_length: int = 32  # retrieval: caption tokens
@@ -136,7 +137,7 @@ def _yaml(text: str, where: str) -> Any:
 
 
 def check_preset(cfg: Config) -> None:
-    """`model.preset` is a preset of `model.task`, and `data.image_size` is the input size of its tower."""
+    """`model.preset` is a preset of `model.task`, `data.image_size` its tower's input size; model options agree."""
     name, task = cfg.model.preset, cfg.model.task
     of_task = [n for n, p in PRESETS.items() if p.task == task]
     preset = PRESETS.get(name)
@@ -150,6 +151,11 @@ def check_preset(cfg: Config) -> None:
         raise UserError(
             f"model.preset: {name!r} is a {preset.task} preset but model.task is {task!r}; "
             f"{task} presets: {', '.join(map(repr, of_task))}{hint}"
+        )
+    if cfg.model.shard_frozen and cfg.model.compile_frozen != "none":
+        raise UserError(
+            f"model.shard_frozen: a sharded frozen tower runs eagerly; set model.compile_frozen=none "
+            f"(got {cfg.model.compile_frozen!r})"
         )
     if cfg.data.image_size != preset.image_size:
         raise UserError(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
@@ -155,3 +156,17 @@ def test_eval_multiview_report(runs: dict[str, Path]) -> None:
     sharded = json.loads((out / "eval.json").read_text())
     assert sharded["num_videos"] == report["num_videos"]
     assert sharded["confusion_matrix"] == report["confusion_matrix"]
+
+
+def test_sharded_frozen_tower_trains_like_the_replicated_one(runs: dict[str, Path]) -> None:
+    """`model.shard_frozen=true`: FSDP2 holds half of each frozen block per rank; the DeepSpeed side engine
+    sees the same features, so the run repeats the replicated 2-rank run exactly, and its final/ (no tower
+    in it) evaluates in one process on a rebuilt, unsharded tower (same fingerprint)."""
+    out = runs["root"] / "sharded"
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_port())]
+    _run([*cmd, *_args(runs["synth"], out, micro=4), "model.shard_frozen=true"])
+    np.testing.assert_array_equal(_losses(out), _losses(runs["side4video-2"]))
+    sharded, replicated = (torch.load(r / "final" / "trainable.pt") for r in (out, runs["side4video-2"]))
+    assert sharded.keys() == replicated.keys() and not any(k.startswith("backbone.") for k in sharded)
+    assert all(torch.equal(sharded[k], v) for k, v in replicated.items())
+    _run([sys.executable, "launch/eval.py", "--checkpoint", str(out / "final"), "--views", "1x1"])

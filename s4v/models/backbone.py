@@ -30,12 +30,14 @@ import torch
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, Shard
 
 from s4v.choices import CompileFrozen
 from s4v.models import registry  # noqa: F401  (registers the tiny towers)
 from s4v.models.architectures import BACKBONES
 from s4v.models.attention import check_backend, route_attention, sdpa_context
-from s4v.models.checkpoint import load_clip_weights
+from s4v.models.checkpoint import ClipWeights, load_clip_weights
+from s4v.models.deferred import InitRecorder, Unreplayable
 
 
 @dataclass(frozen=True)
@@ -61,25 +63,114 @@ class _RandomInitNotice(logging.Filter):
         return not record.getMessage().startswith("No pretrained weights loaded")
 
 
-def build_clip(
-    backbone: str, checkpoint: str | None = None, device: str | torch.device = "cpu"
-) -> open_clip.model.CLIP | open_clip.model.CustomTextCLIP:
-    """Random-init open_clip model of `backbone` (a key of the architecture table), then weights from a local file.
+PARTS = ("visual", "text")
 
-    Built under the target device: on the meta device nothing is allocated (counting, planning, memory tables).
+
+def part_of(name: str) -> str:
+    """ "visual" for the image tower's tensors, "text" for the rest (text tower, logit scale)."""
+    return "visual" if name.startswith("visual.") else "text"
+
+
+def tower_blocks(visual: nn.Module) -> nn.ModuleList:
+    """The residual blocks of an open_clip visual tower (EVA: the timm trunk's)."""
+    return visual.trunk.blocks if isinstance(visual, TimmModel) else visual.transformer.resblocks
+
+
+def _tensors(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """Every parameter and buffer, non-persistent buffers included (a text tower's causal mask)."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+def build_clip(
+    backbone: str,
+    checkpoint: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    parts: tuple[str, ...] = PARTS,
+    shard: Callable[[nn.Module], None] | None = None,
+) -> open_clip.model.CLIP | open_clip.model.CustomTextCLIP:
+    """open_clip model of `backbone` (a key of the architecture table): random init, or weights from a local file.
+
+    The model is built on the meta device and only the tensors of `parts` ("visual" and/or "text") are made
+    real on `device`, the visual tower's floating tensors directly in `dtype` (None: fp32; the text tower,
+    trained in retrieval, stays fp32), and filled one tensor at a time: from the memory-mapped checkpoint, or
+    by replaying their recorded random init (bit-identical to an eager fp32 build cast to `dtype`, with the
+    random generator left where an eager build leaves it). Tensors of other parts stay on the meta device (no
+    memory). `shard` is applied to the meta model first (`s4v.models.sharding`): a sharded parameter receives
+    only this rank's slice of each tensor, read from the file or cut from the replayed tensor, so no rank ever
+    holds the whole tower. On the meta device nothing is allocated (counting, planning, tables).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if unknown := set(parts) - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    device = torch.device(device)
+    if device.type == "meta":
+        return _create(backbone, device)
+    recorder = InitRecorder(device)
+    try:
+        with recorder:
+            model = _create(backbone, torch.device("meta"))
+        recipes = {name: recorder.recipe(t) for name, t in _tensors(model) if part_of(name) in parts}
+    except Unreplayable:  # an init the recorder cannot split up: build eagerly in fp32, as before
+        logging.getLogger(__name__).warning("building %s eagerly in fp32: its init cannot be replayed", backbone)
+        model = _create(backbone, device)
+        if checkpoint is not None:
+            load_clip_weights(model, checkpoint)
+        if dtype is not None:
+            model.visual.to(dtype)
+        if shard is not None:
+            shard(model)
+        return model
+    after = recorder.generator.get_state()
+    if dtype is not None:
+        model.visual.to(dtype)  # on the meta device: only the recorded dtype of each tensor changes
+    if shard is not None:
+        shard(model)
+    weights = ClipWeights(checkpoint, model) if checkpoint is not None else None
+    if weights is not None:
+        weights.check(model)  # every key, loaded part or not
+    for name, child in model.named_children():
+        if part_of(f"{name}.") in parts:
+            child.to_empty(device=device)
+    if "text" in parts:
+        model.to_empty(device=device, recurse=False)  # the text tower's top-level tensors (CLIP layout)
+    try:
+        with torch.no_grad():
+            for name, target in _tensors(model):
+                if part_of(name) not in parts:
+                    continue
+                source = weights[name] if weights is not None and name in weights else recipes[name].replay()
+                _fill(target, source)
+                if weights is not None:
+                    weights.release(source)
+    finally:
+        recorder.generator.set_state(after)
+    return model
+
+
+def _fill(target: Tensor, source: Tensor) -> None:
+    """Copy `source` (the whole tensor) into `target`, or into this rank's slice of it when `target` is sharded."""
+    if isinstance(target, DTensor):  # FSDP2: dim-0 chunks as torch.chunk cuts them, trailing ranks maybe empty
+        if target.placements != (Shard(0),):
+            raise ValueError(f"unsupported placements {target.placements}")
+        rank, chunks = target.device_mesh.get_local_rank(), torch.chunk(source, target.device_mesh.size(), dim=0)
+        source = chunks[rank] if rank < len(chunks) else source[:0]
+        target = target.to_local()
+    if target.shape != source.shape:
+        raise ValueError(f"cannot fill a tensor of shape {tuple(target.shape)} from {tuple(source.shape)}")
+    target.copy_(source)
+
+
+def _create(backbone: str, device: torch.device) -> open_clip.model.CLIP | open_clip.model.CustomTextCLIP:
     root, notice = logging.getLogger(), _RandomInitNotice()  # open_clip logs through the root logger
     root.addFilter(notice)
     try:
         with torch.device(device):
-            model = open_clip.create_model(BACKBONES[backbone].open_clip, pretrained=None, device=device)
+            return open_clip.create_model(BACKBONES[backbone].open_clip, pretrained=None, device=device)
     finally:
         root.removeFilter(notice)
-    if checkpoint is not None:
-        load_clip_weights(model, checkpoint)
-    return model
 
 
 COMPILE_MODES: tuple[CompileFrozen, ...] = get_args(CompileFrozen)
@@ -163,7 +254,7 @@ class FrozenBackbone(nn.Module):
 
     @property
     def blocks(self) -> nn.ModuleList:
-        return self.visual.trunk.blocks if self.is_eva else self.visual.transformer.resblocks
+        return tower_blocks(self.visual)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

@@ -6,15 +6,19 @@ factories; the presets themselves (paper Table 1) live in `s4v.models.architectu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import get_args
 
 import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task, TemporalImpl
 from s4v.models.architectures import PRESETS, Preset
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
 from s4v.models.retrieval import VideoTextRetrieval
+from s4v.models.sharding import shard_frozen_blocks
 from s4v.models.side import PAPER_SIDE, SideOptions
 
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
@@ -27,6 +31,14 @@ def _checked_preset(preset: str, kind: str, task: Task) -> Preset:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
     return PRESETS[preset]
+
+
+def _shard(mesh: DeviceMesh | None, compile_frozen: CompileFrozen) -> Callable[[nn.Module], None] | None:
+    if mesh is None:
+        return None
+    if compile_frozen != "none":  # Dynamo would trace FSDP2's gather hooks into every block's graph
+        raise ValueError("a sharded frozen tower runs eagerly: compile_frozen must be 'none'")
+    return shard_frozen_blocks(mesh)
 
 
 def create_model(
@@ -43,16 +55,19 @@ def create_model(
     side_dim: int | None = None,
     side_options: SideOptions = PAPER_SIDE,
     compile_frozen: CompileFrozen = "none",
+    frozen_mesh: DeviceMesh | None = None,
 ) -> VideoClassifier:
     """Build a recognition model on a frozen tower; weights of the tower from a local file if given.
 
     `side_layers` / `side_dim` / `side_options` change the preset's side network (Table 9, `s4v plan`);
-    `compile_frozen` is the torch.compile mode of the frozen blocks (`FrozenBackbone`).
+    `compile_frozen` is the torch.compile mode of the frozen blocks (`FrozenBackbone`); `frozen_mesh` shards
+    the frozen blocks over its ranks (`s4v.models.sharding`; None: each rank holds the whole tower).
     """
     p = _checked_preset(preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    clip = build_clip(p.backbone, checkpoint, device)
+    # Only the visual tower is made real (the text tower stays on the meta device), directly in frozen_dtype.
+    clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, ("visual",), _shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
     with torch.device(device):
         if kind == "meanpool":
@@ -79,10 +94,12 @@ def create_retrieval_model(
     frozen_dtype: torch.dtype | None = None,
     temporal_impl: TemporalImpl = "auto",
     compile_frozen: CompileFrozen = "none",
+    frozen_mesh: DeviceMesh | None = None,
 ) -> VideoTextRetrieval:
     """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower."""
     p = _checked_preset(preset, kind, "retrieval")
-    clip = build_clip(p.backbone, checkpoint, device)
+    # The text tower (trained) stays fp32.
+    clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, shard=_shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
     side_dim, side_layers = (p.side_dim, p.side_layers) if kind == "side4video" else (None, None)
     with torch.device(device):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
 
 from s4v.config import Config, check_preset
 from s4v.errors import UserError
@@ -11,50 +14,65 @@ from s4v.models import create_model, create_retrieval_model
 from s4v.train.distributed import gather_with_grad
 
 
-def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
-    """Seeded build: a random-init tower (no weights file) is the same on every rank and in eval."""
+def frozen_mesh(cfg: Config, device: torch.device) -> DeviceMesh | None:
+    """The ranks the frozen tower is sharded over: every rank of the job with `model.shard_frozen`, else None."""
+    if not cfg.model.shard_frozen or not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    return init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+def build_model(
+    cfg: Config, num_classes: int, device: torch.device, frozen_dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Seeded build: a random-init tower (no weights file) is the same on every rank and in eval.
+
+    The frozen tower is made directly in `frozen_dtype` (the compute dtype; None: fp32) and, with
+    `model.shard_frozen` in a multi-rank job, sharded over the ranks.
+    """
     check_preset(cfg)  # load_config checks it too; a Config built in code has not been through it
     name, temporal_impl = cfg.model.preset, cfg.model.temporal_impl
+    common = {
+        "kind": cfg.model.kind,
+        "checkpoint": cfg.model.checkpoint,
+        "attn_backend": cfg.model.attn_backend,
+        "device": device,
+        "frozen_dtype": frozen_dtype,
+        "temporal_impl": temporal_impl,
+        "compile_frozen": cfg.model.compile_frozen,
+        "frozen_mesh": frozen_mesh(cfg, device),
+    }
     torch.manual_seed(cfg.train.seed)
     if cfg.model.task == "retrieval":
-        model = create_retrieval_model(
-            name,
-            kind=cfg.model.kind,
-            matching=cfg.model.matching,
-            checkpoint=cfg.model.checkpoint,
-            attn_backend=cfg.model.attn_backend,
-            device=device,
-            temporal_impl=temporal_impl,
-            compile_frozen=cfg.model.compile_frozen,
-        )
+        model = create_retrieval_model(name, matching=cfg.model.matching, **common)
         model.feature_gather = gather_with_grad  # negatives from every data-parallel rank's batch
         return model
-    return create_model(
-        name,
-        num_classes=num_classes,
-        kind=cfg.model.kind,
-        checkpoint=cfg.model.checkpoint,
-        attn_backend=cfg.model.attn_backend,
-        device=device,
-        temporal_impl=temporal_impl,
-        dropout=cfg.model.dropout,
-        compile_frozen=cfg.model.compile_frozen,
-    )
+    return create_model(name, num_classes=num_classes, dropout=cfg.model.dropout, **common)
 
 
 @torch.no_grad()
 def backbone_fingerprint(model: nn.Module) -> list[float]:
-    """[sum, sum of |w|, count] over the frozen tower: catches a tower built from other weights or seed."""
-    total = torch.zeros((), dtype=torch.float64, device=next(model.backbone.parameters()).device)
-    absolute, count = total.clone(), 0
+    """[sum, sum of |w|, count] over the frozen tower: catches a tower built from other weights or seed.
+
+    A sharded tower sums its local shards and then across the ranks, so every rank gets the whole tower's value.
+    """
+    device = next(model.backbone.parameters()).device
+    replicated = torch.zeros(2, dtype=torch.float64, device=device)
+    sharded, count, group = replicated.clone(), 0, None  # sharded: this rank's slices, then summed over ranks
     for p in model.backbone.parameters():
-        total += p.double().sum()
-        absolute += p.double().abs().sum()
-        count += p.numel()
-    return [total.item(), absolute.item(), float(count)]
+        count += p.numel()  # a DTensor's is the whole tensor's
+        sums = replicated
+        if isinstance(p, DTensor):
+            p, sums, group = p.to_local(), sharded, p.device_mesh.get_group()
+        sums[0] += p.double().sum()
+        sums[1] += p.double().abs().sum()
+    if group is not None:
+        dist.all_reduce(sharded, group=group)
+    total, absolute = (replicated + sharded).tolist()
+    return [total, absolute, float(count)]
 
 
 def check_fingerprint(expected: list[float], actual: list[float]) -> None:
+    """Equal counts and sums; both sides must build the tower in the same dtype (the run's compute dtype)."""
     ok = expected[2] == actual[2] and all(
         abs(e - a) <= 1e-5 * max(1.0, abs(e)) for e, a in zip(expected[:2], actual[:2], strict=True)
     )

@@ -74,7 +74,7 @@ class Trainer:
         self.dtype = compute_dtype(self.ds)
 
         self.task = make_task(cfg, self.dtype, dist.device, self.train_loader)
-        self.model = build_model(cfg, self.train_loader.num_classes, dist.device)
+        self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype)
         fingerprint = backbone_fingerprint(self.model)
         self.engine, self.view = build_engine(self.model, cfg, self.ds, dist, self.steps_per_epoch)
         self.flops_per_step = self.plan.accumulation * self._micro_batch_flops()
@@ -111,8 +111,8 @@ class Trainer:
         self.lr = 0.0
 
     def _micro_batch_flops(self) -> float:
-        """Counted on a meta copy built like the model (no weights file read, no feature gathering)."""
-        cfg = replace(self.cfg, model=replace(self.cfg.model, checkpoint=None))
+        """Counted on a meta copy built like the model (no weights file read, no feature gathering, not sharded)."""
+        cfg = replace(self.cfg, model=replace(self.cfg.model, checkpoint=None, shard_frozen=False))
 
         def meta_model(device: torch.device) -> torch.nn.Module:
             model = build_model(cfg, self.train_loader.num_classes, device)
