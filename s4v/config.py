@@ -23,7 +23,7 @@ import yaml
 from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task, TemporalImpl
 from s4v.data.config import DataConfig
 from s4v.errors import UserError
-from s4v.models.architectures import PRESETS
+from s4v.models.architectures import BACKBONES, PRESETS
 
 
 @dataclass
@@ -38,6 +38,8 @@ class ModelConfig:
     temporal_impl: TemporalImpl = "auto"
     compile_frozen: CompileFrozen = "none"  # torch.compile mode of the frozen blocks (s4v.models.backbone)
     shard_frozen: bool = False  # frozen blocks sharded over the data-parallel ranks (s4v.models.sharding)
+    side_layers: int | None = None  # side blocks (a divisor of the tower's layers); None: the preset's
+    side_dim: int | None = None  # side width (a multiple of 64: 64-dim heads); None: the preset's
     dropout: float | None = None  # head dropout; None: the preset's value
     matching: Matching = "wti"
     text_length: int = 32  # retrieval: caption tokens
@@ -152,6 +154,13 @@ def check_preset(cfg: Config) -> None:
             f"model.preset: {name!r} is a {preset.task} preset but model.task is {task!r}; "
             f"{task} presets: {', '.join(map(repr, of_task))}{hint}"
         )
+    tower_layers = BACKBONES[preset.backbone].layers
+    if cfg.model.side_layers is not None and (cfg.model.side_layers < 1 or tower_layers % cfg.model.side_layers):
+        raise UserError(
+            f"model.side_layers: {cfg.model.side_layers} does not divide the {tower_layers} layers of {name!r}'s tower"
+        )
+    if cfg.model.side_dim is not None and (cfg.model.side_dim < 64 or cfg.model.side_dim % 64):
+        raise UserError(f"model.side_dim: {cfg.model.side_dim} is not a positive multiple of 64 (64-dim heads)")
     if cfg.model.shard_frozen and cfg.model.compile_frozen != "none":
         raise UserError(
             f"model.shard_frozen: a sharded frozen tower runs eagerly; set model.compile_frozen=none "

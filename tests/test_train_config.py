@@ -17,6 +17,7 @@ from s4v.config import check_paths, flatten, load_config, to_dict
 from s4v.data.config import parse_views
 from s4v.errors import UserError
 from s4v.models import PRESETS, create_model
+from s4v.train.build import build_model
 from s4v.train.engine import (
     TrainableView,
     keep_batchnorm_fp32,
@@ -318,3 +319,14 @@ def test_bf16_cpu_run(tmp_path: Path) -> None:
     assert module["head.fc.weight"].dtype == torch.bfloat16
     assert module["head.bn.running_mean"].dtype == torch.float32
     assert state["s4v_position"] == {"epoch": 0, "batch": 3, "step": 3}
+
+
+def test_side_network_size_overrides_are_checked_and_built() -> None:
+    cfg = load_config(None, ["model.side_layers=2", "model.side_dim=128"])
+    model = build_model(cfg, 3, torch.device("meta"))
+    assert len(model.side.blocks) == 2 and model.side.blocks[0].fuse.down.out_features == 128
+    for bad, message in (("model.side_layers=3", "does not divide the 4 layers"), ("model.side_dim=100", "multiple")):
+        with pytest.raises(UserError, match=message):
+            load_config(None, [bad])
+    with pytest.raises(UserError, match="runs eagerly"):
+        load_config(None, ["model.shard_frozen=true", "model.compile_frozen=default"])

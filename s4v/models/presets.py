@@ -95,12 +95,20 @@ def create_retrieval_model(
     temporal_impl: TemporalImpl = "auto",
     compile_frozen: CompileFrozen = "none",
     frozen_mesh: DeviceMesh | None = None,
+    side_layers: int | None = None,
+    side_dim: int | None = None,
 ) -> VideoTextRetrieval:
-    """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower."""
+    """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower.
+
+    The other arguments are `create_model`'s.
+    """
     p = _checked_preset(preset, kind, "retrieval")
     # The text tower (trained) stays fp32.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, shard=_shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
-    side_dim, side_layers = (p.side_dim, p.side_layers) if kind == "side4video" else (None, None)
+    if kind == "side4video":
+        side_dim, side_layers = side_dim or p.side_dim, side_layers or p.side_layers
+    else:
+        side_dim, side_layers = None, None
     with torch.device(device):
         return VideoTextRetrieval(clip, backbone, side_dim, side_layers, matching, temporal_impl, p.tower.block_form)

@@ -40,6 +40,8 @@ def build_model(
         "temporal_impl": temporal_impl,
         "compile_frozen": cfg.model.compile_frozen,
         "frozen_mesh": frozen_mesh(cfg, device),
+        "side_layers": cfg.model.side_layers,
+        "side_dim": cfg.model.side_dim,
     }
     torch.manual_seed(cfg.train.seed)
     if cfg.model.task == "retrieval":
