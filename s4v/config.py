@@ -40,6 +40,7 @@ class ModelConfig:
     shard_frozen: bool = False  # frozen blocks sharded over the data-parallel ranks (s4v.models.sharding)
     side_layers: int | None = None  # side blocks (a divisor of the tower's layers); None: the preset's
     side_dim: int | None = None  # side width (a multiple of 64: 64-dim heads); None: the preset's
+    side_checkpoint: bool | None = None  # recompute side blocks in backward; None: the preset's (on for ViT-E)
     dropout: float | None = None  # head dropout; None: the preset's value
     matching: Matching = "wti"
     text_length: int = 32  # retrieval: caption tokens
@@ -166,6 +167,8 @@ def check_preset(cfg: Config) -> None:
             f"model.shard_frozen: a sharded frozen tower runs eagerly; set model.compile_frozen=none "
             f"(got {cfg.model.compile_frozen!r})"
         )
+    if cfg.model.side_checkpoint and cfg.model.kind != "side4video":
+        raise UserError(f"model.side_checkpoint: true but model.kind {cfg.model.kind!r} has no side network")
     if cfg.data.image_size != preset.image_size:
         raise UserError(
             f"data.image_size: {cfg.data.image_size} but preset {name!r} takes {preset.image_size}-pixel frames "

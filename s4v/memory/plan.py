@@ -5,6 +5,11 @@ scale with it), so two accountings (batch 1 and 2) give the line; the predicted 
 then checked by a third accounting at that batch. For each side depth (an even spread over the
 frozen layers) the widest side network that still fits `--min-batch` is found by bisection over
 the widths; the recommendation is the one with the most trainable parameters.
+
+Data-parallel training over `--gpus` ranks is accounted per rank: `--shard-frozen` shards the frozen
+tower over them (FSDP2, two gathered blocks at a time), `--zero-stage` (or the stage of a DeepSpeed
+JSON, `--ds`) partitions the side network's optimizer states (1), gradients (2) and weights (3), and
+`--side-checkpoint` recomputes side blocks in backward (see `s4v.memory.step.Parallel`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from s4v.errors import UserError
-from s4v.memory.step import GiB, account_step
+from s4v.memory.step import SINGLE, GiB, Parallel, account_step
 from s4v.memory.workloads import MethodSpec, workload
 from s4v.models.architectures import BACKBONES
 
@@ -36,26 +41,34 @@ class Candidate:
 
 class Planner:
     def __init__(
-        self, backbone: str, budget_gib: float, frames: int, precision: str, attention: str, num_classes: int
+        self,
+        backbone: str,
+        budget_gib: float,
+        frames: int,
+        precision: str,
+        attention: str,
+        num_classes: int,
+        side_checkpoint: bool = False,
+        parallel: Parallel = SINGLE,
     ) -> None:
         self.backbone, self.budget, self.frames = backbone, budget_gib * GiB, frames
         self.precision, self.attention, self.num_classes = precision, attention, num_classes
+        self.side_checkpoint, self.parallel = side_checkpoint, parallel
         self.evaluations = 0
         self.verbose = False
 
+    def spec(self, layers: int, dim: int, batch: int) -> MethodSpec:
+        options = dict(layers=layers, dim=dim, checkpoint=self.side_checkpoint)
+        return MethodSpec("side4video", self.backbone, batch, self.frames, self.num_classes, options=options)
+
     def trainable_m(self, layers: int, dim: int) -> float:
-        spec = MethodSpec(
-            "side4video", self.backbone, 1, self.frames, self.num_classes, options=dict(layers=layers, dim=dim)
-        )
-        model = workload(spec).build(torch.device("meta"))
+        model = workload(self.spec(layers, dim, 1)).build(torch.device("meta"))
         return round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2)
 
     def peak(self, layers: int, dim: int, batch: int):
-        spec = MethodSpec(
-            "side4video", self.backbone, batch, self.frames, self.num_classes, options=dict(layers=layers, dim=dim)
-        )
         self.evaluations += 1
-        return account_step(workload(spec), self.precision, self.attention)
+        spec = self.spec(layers, dim, batch)
+        return account_step(workload(spec), self.precision, self.attention, parallel=self.parallel)
 
     def fit(self, layers: int, dim: int) -> Candidate:
         known: dict[int, int] = {}
@@ -120,6 +133,34 @@ def depths(tower_layers: int) -> list[int]:
     return found + [tower_layers] if tower_layers <= 24 else found
 
 
+def zero_stage(path: str) -> int:
+    """`zero_optimization.stage` of a DeepSpeed JSON (0 when it has none, as DeepSpeed reads it)."""
+    try:
+        with open(path) as f:
+            ds = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--ds {path}: {e}") from None
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"--ds {path}: zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
+    return stage
+
+
+def settings(planner: Planner) -> str:
+    """The header's words for what differs from one GPU holding everything (nothing: today's header)."""
+    words = []
+    par = planner.parallel
+    if par.ranks > 1 or par.shard_frozen or par.zero_stage:
+        words.append(f"{par.ranks} GPU{'s' if par.ranks > 1 else ''}")
+    if par.shard_frozen:
+        words.append("frozen tower sharded")
+    if par.zero_stage:
+        words.append(f"ZeRO-{par.zero_stage}")
+    if planner.side_checkpoint:
+        words.append("side blocks checkpointed")
+    return "".join(f", {w}" for w in words)
+
+
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="s4v plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,13 +182,45 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--layers", type=int, nargs="*", help="side depths (default: divisors of L in [L/8, L/2])")
     ap.add_argument("--dims", type=int, nargs="*", default=list(DIMS))
     ap.add_argument("--json", help="also write the candidates and the recommendation here")
+    ap.add_argument("--gpus", type=int, default=1, help="data-parallel ranks; memory is accounted per GPU")
+    ap.add_argument(
+        "--shard-frozen",
+        action="store_true",
+        help="shard the frozen tower over the GPUs (FSDP2, model.shard_frozen): 1/N of it per GPU plus two "
+        "all-gathered blocks",
+    )
+    ap.add_argument(
+        "--side-checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="recompute side blocks in backward (model.side_checkpoint). Default off on every backbone, "
+        "also ViT-E whose presets train with it on: checkpointing only lowers memory, so a plan without "
+        "it holds either way",
+    )
+    stage = ap.add_mutually_exclusive_group()
+    stage.add_argument(
+        "--zero-stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage over the GPUs (default 0)"
+    )
+    stage.add_argument("--ds", help="DeepSpeed JSON whose zero_optimization.stage to account (ds_configs/*.json)")
     args = ap.parse_args(argv)
     tower_layers = BACKBONES[args.backbone].layers
     for layers in args.layers or ():
         if not 0 < layers <= tower_layers or tower_layers % layers:
             raise UserError(f"--layers {layers}: a side network must read {tower_layers} frozen layers evenly")
+    if args.gpus < 1:
+        raise UserError(f"--gpus {args.gpus}: need at least one GPU")
+    parallel = Parallel(args.gpus, args.shard_frozen, zero_stage(args.ds) if args.ds else args.zero_stage or 0)
     budget = args.gpu_mem - args.reserve
-    planner = Planner(args.backbone, budget, args.frames, args.precision, args.attention, args.num_classes)
+    planner = Planner(
+        args.backbone,
+        budget,
+        args.frames,
+        args.precision,
+        args.attention,
+        args.num_classes,
+        args.side_checkpoint,
+        parallel,
+    )
     planner.verbose = True
     found = []
     for layers in args.layers or depths(tower_layers):
@@ -156,7 +229,8 @@ def cli(argv: list[str]) -> int:
             found.append(cand)
     print(
         f"budget {budget:g} GiB ({args.gpu_mem:g} - reserve {args.reserve:g}), backbone {args.backbone}, "
-        f"{args.frames} frames, {args.precision}, {args.attention} attention ({planner.evaluations} accountings)"
+        f"{args.frames} frames, {args.precision}, {args.attention} attention{settings(planner)} "
+        f"({planner.evaluations} accountings)"
     )
     print("| layers | width | trainable (M) | max batch | peak at max batch (GiB) | GiB / video | fixed GiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

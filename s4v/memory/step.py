@@ -2,7 +2,8 @@
 
 The same `train_step` runs in both places; only the device and how numerics are obtained differ
 (real `torch.autocast` on CUDA, `GpuRuntime`'s emulation elsewhere). Accounting never allocates:
-ViT-L/14 at batch 16 takes seconds on a laptop.
+ViT-L/14 at batch 16 takes seconds on a laptop. The accounting can also replay what one of N
+data-parallel ranks holds (`Parallel`): a sharded frozen tower and DeepSpeed ZeRO partitions.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import contextlib
 import gc
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from s4v.memory.runtime import AttentionKernel, GpuRuntime
 from s4v.memory.tracker import LiveMemory, SavedTensors
@@ -42,6 +45,44 @@ PRECISIONS: dict[str, Precision] = {
     "bf16": Precision("bf16", torch.bfloat16, None, master=True),
     "fp32": Precision("fp32", torch.float32, None, master=False),
 }
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """What one of `ranks` data-parallel ranks holds, as the accounting replays it.
+
+    shard_frozen: the frozen tower sharded FSDP2-style (`model.shard_frozen`): every frozen parameter split
+      on dim 0 over the ranks (padded to ceil(rows / ranks) rows per rank, as FSDP2 pads; the patch and
+      position embeddings and norms outside the blocks too), each frozen block all-gathered for its
+      forward and freed after it. FSDP2 prefetches the next block's all-gather during the current
+      block, so two gathered blocks are held at a time. The tower has no backward: no gather there.
+    zero_stage: DeepSpeed ZeRO over the trainable parameters, flattened and split into ceil(P / ranks)
+      elements per rank: 1 partitions the optimizer states (fp32 master copy, Adam moments), 2 also the
+      gradients (each reduce-scattered into the rank's slice once backward completes it), 3 also the
+      weights (each parameter split like a frozen one, plus two gathered side blocks held for the whole
+      step: an upper bound of ZeRO-3's per-module gathers). Communication buckets are not replayed
+      (`s4v plan --reserve` is for them).
+    """
+
+    ranks: int = 1
+    shard_frozen: bool = False
+    zero_stage: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1:
+            raise ValueError(f"ranks must be positive, got {self.ranks}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+
+
+SINGLE = Parallel()
+
+
+def shard_numel(p: Tensor, ranks: int) -> int:
+    """Elements of one rank's FSDP2 shard of `p`: ceil(rows / ranks) rows of dim 0."""
+    if p.dim() == 0:
+        return 1
+    return -(-p.shape[0] // ranks) * (p.numel() // p.shape[0])
 
 
 @dataclass
@@ -116,14 +157,62 @@ class MasterAdamW:
         return self.masters + states
 
 
-def make_optimizer(params: list[nn.Parameter], precision: Precision) -> torch.optim.Optimizer | MasterAdamW:
+class ZeroAdamW:
+    """AdamW as DeepSpeed ZeRO (stage >= 1) runs it on one rank: fp32 master copy and Adam moments of
+    the rank's slice of the flattened trainable parameters, whatever the weights' dtype (DeepSpeed keeps
+    an fp32 partition in every precision).
+
+    Stage 1 keeps every full gradient until the step; stage >= 2 keeps a slice of the gradients (weights'
+    dtype) instead, each parameter's full gradient freed as soon as backward has accumulated it. The
+    step reads the slice's gradient in fp32, updates it, and the all-gather of the updated slices
+    writes into the weights in place.
+    """
+
+    def __init__(self, params: list[nn.Parameter], ranks: int, stage: int) -> None:
+        self.params = params
+        part = -(-sum(p.numel() for p in params) // ranks)
+        device = params[0].device
+        self.master = torch.zeros(part, dtype=torch.float32, device=device, requires_grad=True)
+        self.inner = torch.optim.AdamW([self.master], lr=1e-3, weight_decay=0.15, foreach=True)
+        self.grad_slice = torch.zeros(part, dtype=params[0].dtype, device=device) if stage >= 2 else None
+        if self.grad_slice is not None:
+            for p in params:
+                p.register_post_accumulate_grad_hook(self._reduce_scatter)
+
+    @staticmethod
+    def _reduce_scatter(p: nn.Parameter) -> None:
+        # This rank's share is summed into `grad_slice` in place (no new memory); the full gradient goes.
+        p.grad = None
+
+    def step(self) -> None:
+        # stage 1: the reduce-scatter output of the full gradients; stage >= 2: the kept slice, in fp32
+        grad = torch.empty_like(self.master) if self.grad_slice is None else self.grad_slice.float()
+        self.master.grad = grad
+        del grad
+        self.inner.step()
+        self.master.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def state_tensors(self) -> list[Tensor]:
+        states = [t for s in self.inner.state.values() for t in s.values() if isinstance(t, Tensor)]
+        return [self.master, *states]
+
+
+def make_optimizer(
+    params: list[nn.Parameter], precision: Precision, parallel: Parallel = SINGLE
+) -> torch.optim.Optimizer | MasterAdamW | ZeroAdamW:
+    if parallel.zero_stage >= 1:
+        return ZeroAdamW(params, parallel.ranks, parallel.zero_stage)
     if precision.master:
         return MasterAdamW(params, lr=1e-3, weight_decay=0.15)
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.15, foreach=True)
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer | MasterAdamW) -> list[Tensor]:
-    if isinstance(opt, MasterAdamW):
+def optimizer_tensors(opt: torch.optim.Optimizer | MasterAdamW | ZeroAdamW) -> list[Tensor]:
+    if isinstance(opt, MasterAdamW | ZeroAdamW):
         return opt.state_tensors()
     return [t for s in opt.state.values() for t in s.values() if isinstance(t, Tensor)]
 
@@ -173,12 +262,47 @@ def _prepare(workload: Workload, device: torch.device, precision: Precision):
     return model, params, trainable
 
 
-def _fill_static(mem: StepMemory, params: list[nn.Parameter], trainable: list[nn.Parameter], opt) -> None:
+def _fill_static(
+    mem: StepMemory,
+    params: list[nn.Parameter],
+    trainable: list[nn.Parameter],
+    opt,
+    frozen_held: list[Tensor] | None = None,
+    trainable_held: list[Tensor] | None = None,
+) -> None:
+    """Bytes of this rank; `*_held`: the shards it holds instead of the full parameters."""
     frozen = [p for p in params if not p.requires_grad]
-    mem.frozen_weights = _nbytes(frozen)
-    mem.trainable_weights = _nbytes(trainable)
-    mem.grads = sum(p.numel() * p.element_size() for p in trainable)
+    mem.frozen_weights = _nbytes(frozen if frozen_held is None else frozen_held)
+    mem.trainable_weights = _nbytes(trainable if trainable_held is None else trainable_held)
+    grad_slice = getattr(opt, "grad_slice", None)
+    mem.grads = _nbytes([grad_slice] if grad_slice is not None else trainable)
     mem.optimizer_states = sum(t.numel() * t.element_size() for t in optimizer_tensors(opt))
+
+
+def _gather_blocks(blocks: nn.ModuleList) -> list[RemovableHandle]:
+    """FSDP2's all-gather of each block around its forward, the next block's prefetched during it."""
+    sizes = [sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks]
+    device = next(blocks.parameters()).device
+    gathered: dict[int, Tensor] = {}
+
+    def gather(k: int, *_) -> None:
+        for j in (k, k + 1):
+            if j < len(blocks) and j not in gathered:
+                gathered[j] = torch.empty(sizes[j], dtype=torch.uint8, device=device)
+
+    def free(k: int, *_) -> None:
+        del gathered[k]
+
+    handles = []
+    for k, block in enumerate(blocks):
+        handles += [block.register_forward_pre_hook(partial(gather, k)), block.register_forward_hook(partial(free, k))]
+    return handles
+
+
+def _hold_shards(live: LiveMemory, tensors: list[nn.Parameter], ranks: int) -> list[Tensor]:
+    """The rank's shards of `tensors` are allocated; the full tensors are not counted."""
+    live.ignore(*tensors)
+    return [torch.empty(shard_numel(p, ranks), dtype=p.dtype, device=p.device) for p in tensors]
 
 
 def account_step(
@@ -186,27 +310,38 @@ def account_step(
     precision: Precision | str = "amp",
     attention: AttentionKernel = "flash",
     device: str | torch.device = "meta",
+    parallel: Parallel = SINGLE,
 ) -> StepMemory:
     """Exact bytes of a steady-state training step, without allocating (meta tensors).
 
     A first step creates the optimizer state; the second is measured: saved-tensor hooks count
-    what autograd keeps, `LiveMemory` replays the allocator for the peak.
+    what autograd keeps, `LiveMemory` replays the allocator for the peak. With `parallel`, the bytes
+    of one of its ranks (the activations are each rank's own batch).
     """
     precision = PRECISIONS[precision] if isinstance(precision, str) else precision
     device = torch.device(device)
     model, params, trainable = _prepare(workload, device, precision)
+    frozen = [p for p in params if not p.requires_grad]
     mem = StepMemory(
         workload.name,
         precision.name,
         attention,
         str(device),
         sum(p.numel() for p in trainable),
-        sum(p.numel() for p in params if not p.requires_grad),
+        sum(p.numel() for p in frozen),
     )
     live = LiveMemory()
     with live:
+        frozen_held = trainable_held = side_gathered = None
+        if parallel.shard_frozen:
+            frozen_held = _hold_shards(live, frozen, parallel.ranks)
+            hooks = _gather_blocks(model.backbone.blocks)
+        if parallel.zero_stage >= 3:
+            trainable_held = _hold_shards(live, trainable, parallel.ranks)
+            largest = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in model.side.blocks)
+            side_gathered = torch.empty(2 * largest, dtype=torch.uint8, device=device)
         live.track(*params, *model.buffers())
-        opt = make_optimizer(trainable, precision)  # inside: fp32 master copies are allocations too
+        opt = make_optimizer(trainable, precision, parallel)  # inside: fp32 master copies are allocations too
         inputs = workload.inputs(device)
         live.track(*inputs)
         train_step(workload, model, inputs, opt, precision, attention)
@@ -214,7 +349,11 @@ def account_step(
         live.reset_peak()
         saved = SavedTensors(exclude=params + list(model.buffers()))
         train_step(workload, model, inputs, opt, precision, attention, saved=saved)
-    _fill_static(mem, params, trainable, opt)
+    del side_gathered  # held through both steps
+    if parallel.shard_frozen:
+        for hook in hooks:
+            hook.remove()
+    _fill_static(mem, params, trainable, opt, frozen_held, trainable_held)
     mem.saved_activations, mem.saved_count = saved.nbytes, saved.count
     mem.inputs = _nbytes(inputs)
     mem.peak = live.peak

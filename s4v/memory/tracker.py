@@ -82,14 +82,20 @@ class LiveMemory(TorchDispatchMode):
             if isinstance(t, Tensor):
                 self._add(t.untyped_storage())
 
+    def ignore(self, *tensors: Tensor) -> None:
+        """Existing tensors this replay does not hold (a sharded rank's full weights: their shards are
+        allocated instead): never counted, also not when an op returns a view of them."""
+        for t in tensors:
+            self._add(t.untyped_storage(), counted=False)
+
     def reset_peak(self) -> None:
         self.peak = self.live
 
-    def _add(self, storage: Any) -> None:
+    def _add(self, storage: Any, counted: bool = True) -> None:
         key = StorageWeakRef(storage)
         if key in self._refs and not key.expired():
             return
-        nbytes = block_bytes(storage.nbytes())
+        nbytes = block_bytes(storage.nbytes()) if counted else 0
         self._refs[key] = weakref.ref(storage, lambda _ref, k=key, n=nbytes: self._free(k, n))
         self.live += nbytes
         self.peak = max(self.peak, self.live)

@@ -54,13 +54,14 @@ def _retrieval_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
 
 def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
     """Through the training factory: the backbone's "ours" (largest) or "ours-light" (smallest) preset,
-    with `layers` / `dim` / Table 9 options overriding its side network.
+    with `layers` / `dim` / `checkpoint` (side blocks recomputed in backward; default: the preset's)
+    and Table 9 options overriding its side network.
 
     The accounting uses the eager temporal branch by default: the same ops on meta and on CUDA, so
     accounting and measurement compare like for like ("auto" would pick the fused Triton branch on CUDA).
     """
     opts = dict(spec.options)
-    layers, dim = opts.pop("layers", None), opts.pop("dim", None)
+    layers, dim, checkpoint = opts.pop("layers", None), opts.pop("dim", None), opts.pop("checkpoint", None)
     temporal_impl = opts.pop("temporal_impl", "reference")
     preset = find_preset("recognition", spec.backbone, largest=spec.method == "ours")
     return create_model(
@@ -71,6 +72,7 @@ def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
         side_layers=layers,
         side_dim=dim,
         side_options=SideOptions(**opts),
+        side_checkpoint=checkpoint,
     )
 
 

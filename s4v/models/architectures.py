@@ -60,6 +60,10 @@ class Preset:
     head_dropout: float = 0.0  # the reference's drop_fc is 0 in every config (Recognition/configs/*)
     paper_tunable_m: float | None = None  # Table 2, 174 classes, rounded to whole millions
     paper_gflops_per_view: float | None = None  # Table 2 (3 views: 1 crop x 3 clips) / Table 4, 8 frames
+    # Recompute each side block in backward instead of keeping its activations (`model.side_checkpoint`):
+    # on for ViT-E, whose side sub-modules the reference runs under `checkpoint` (Recognition/ and
+    # Retrieval/eva_clip/eva_vit_model.py, AttnCBlock.forward).
+    side_checkpoint: bool = False
 
     @property
     def tower(self) -> Backbone:
@@ -78,12 +82,12 @@ PRESETS: dict[str, Preset] = {
     "b16": Preset("recognition", "b16", 12, 320, paper_tunable_m=21, paper_gflops_per_view=528 / 3),
     "l14-light": Preset("recognition", "l14", 12, 320, paper_tunable_m=22, paper_gflops_per_view=2092 / 3),
     "l14": Preset("recognition", "l14", 24, 512, paper_tunable_m=102, paper_gflops_per_view=2611 / 3),
-    "e14-light": Preset("recognition", "e14", 32, 576, paper_gflops_per_view=7980.0),
+    "e14-light": Preset("recognition", "e14", 32, 576, paper_gflops_per_view=7980.0, side_checkpoint=True),
     "tiny-retrieval": Preset("retrieval", "tiny", 4, 64),
     "b32-retrieval": Preset("retrieval", "b32", 12, 320, num_frames=12),
     "b16-retrieval": Preset("retrieval", "b16", 12, 320, num_frames=12),
     "l14-retrieval": Preset("retrieval", "l14", 24, 320, num_frames=12),
-    "e14-retrieval": Preset("retrieval", "e14", 32, 320, num_frames=12),
+    "e14-retrieval": Preset("retrieval", "e14", 32, 320, num_frames=12, side_checkpoint=True),
 }
 
 

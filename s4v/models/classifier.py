@@ -57,10 +57,11 @@ class Side4VideoClassifier(VideoClassifier):
         temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
         form: BlockForm = "pre",
+        side_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.side = SideNetwork.on(backbone.shape, side_dim, side_layers, temporal_impl, options, form)
+        self.side = SideNetwork.on(backbone.shape, side_dim, side_layers, temporal_impl, options, form, side_checkpoint)
         self.head = RecognitionHead(side_dim, num_classes, dropout, form)
 
     def forward(self, video: Tensor) -> Tensor:

@@ -41,6 +41,15 @@ def _shard(mesh: DeviceMesh | None, compile_frozen: CompileFrozen) -> Callable[[
     return shard_frozen_blocks(mesh)
 
 
+def _side_checkpoint(p: Preset, kind: ModelKind, side_checkpoint: bool | None) -> bool:
+    """The asked side-block checkpointing, or the preset's; a model without a side network takes none."""
+    if kind != "side4video":
+        if side_checkpoint:
+            raise ValueError(f"side_checkpoint: the {kind} model has no side network to checkpoint")
+        return False
+    return p.side_checkpoint if side_checkpoint is None else side_checkpoint
+
+
 def create_model(
     preset: str,
     num_classes: int,
@@ -56,16 +65,19 @@ def create_model(
     side_options: SideOptions = PAPER_SIDE,
     compile_frozen: CompileFrozen = "none",
     frozen_mesh: DeviceMesh | None = None,
+    side_checkpoint: bool | None = None,
 ) -> VideoClassifier:
     """Build a recognition model on a frozen tower; weights of the tower from a local file if given.
 
     `side_layers` / `side_dim` / `side_options` change the preset's side network (Table 9, `s4v plan`);
     `compile_frozen` is the torch.compile mode of the frozen blocks (`FrozenBackbone`); `frozen_mesh` shards
-    the frozen blocks over its ranks (`s4v.models.sharding`; None: each rank holds the whole tower).
+    the frozen blocks over its ranks (`s4v.models.sharding`; None: each rank holds the whole tower);
+    `side_checkpoint` recomputes side blocks in backward (None: the preset's choice).
     """
     p = _checked_preset(preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    checkpoint_side = _side_checkpoint(p, kind, side_checkpoint)
     # Only the visual tower is made real (the text tower stays on the meta device), directly in frozen_dtype.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, ("visual",), _shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
@@ -81,6 +93,7 @@ def create_model(
             temporal_impl,
             side_options,
             p.tower.block_form,
+            checkpoint_side,
         )
 
 
@@ -97,12 +110,14 @@ def create_retrieval_model(
     frozen_mesh: DeviceMesh | None = None,
     side_layers: int | None = None,
     side_dim: int | None = None,
+    side_checkpoint: bool | None = None,
 ) -> VideoTextRetrieval:
     """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower.
 
     The other arguments are `create_model`'s.
     """
     p = _checked_preset(preset, kind, "retrieval")
+    checkpoint_side = _side_checkpoint(p, kind, side_checkpoint)
     # The text tower (trained) stays fp32.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, shard=_shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
@@ -111,4 +126,6 @@ def create_retrieval_model(
     else:
         side_dim, side_layers = None, None
     with torch.device(device):
-        return VideoTextRetrieval(clip, backbone, side_dim, side_layers, matching, temporal_impl, p.tower.block_form)
+        return VideoTextRetrieval(
+            clip, backbone, side_dim, side_layers, matching, temporal_impl, p.tower.block_form, checkpoint_side
+        )

@@ -82,6 +82,7 @@ class VideoTextRetrieval(nn.Module):
         matching: Matching = "wti",
         temporal_impl: TemporalImpl = "auto",
         form: BlockForm = "pre",
+        side_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -89,7 +90,9 @@ class VideoTextRetrieval(nn.Module):
         self.visual_head = VisualHead(backbone)
         self.side = None
         if side_dim is not None:
-            self.side = SideNetwork.on(shape, side_dim, side_layers, temporal_impl, RETRIEVAL_SIDE, form)
+            self.side = SideNetwork.on(
+                shape, side_dim, side_layers, temporal_impl, RETRIEVAL_SIDE, form, side_checkpoint
+            )
             self.side_bn = nn.BatchNorm3d(side_dim)
             self.up = nn.Linear(side_dim, shape.width, bias=False)
         self.text = TextEncoder(clip)

@@ -15,12 +15,18 @@ tables that compare with the paper's measurements.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+from torch.utils import checkpoint as activation_checkpoint
+from torch.utils._device import DeviceContext
 
 from s4v.choices import BlockForm, TemporalImpl
 from s4v.kernels import TemporalConvBranch
@@ -208,8 +214,46 @@ class SideBlock(nn.Module):
         return s + self.mlp(batchnorm_tokens(self.mlp_bn, s))
 
 
+@contextmanager
+def _recomputing(block: nn.Module, modes: list[TorchFunctionMode]) -> Iterator[None]:
+    """Context of a checkpointed side block's recompute in backward.
+
+    BatchNorm buffers (running statistics, `num_batches_tracked`) are restored after it: the recompute
+    normalises exactly as the forward did (batch statistics in training, running ones in eval) but would
+    update them a second time, so they end as one step without checkpointing leaves them. The
+    torch-function modes active in the forward are re-entered: checkpoint restores autocast and the
+    device context for the recompute but not these, and the recompute must run the forward's ops (the
+    memory accounting's `GpuRuntime` is one).
+    """
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        kept = [[b.clone() for b in bn.buffers()] for bn in norms]
+    with ExitStack() as stack:
+        for mode in modes:
+            stack.enter_context(mode)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for bn, buffers in zip(norms, kept, strict=True):
+                    for b, k in zip(bn.buffers(), buffers, strict=True):
+                        b.copy_(k)
+
+
+def _checkpoint_contexts(block: nn.Module) -> tuple[AbstractContextManager, AbstractContextManager]:
+    """(forward, recompute) contexts for `torch.utils.checkpoint`; called at the block's forward."""
+    # checkpoint itself re-creates the device context (re-entering the captured one would corrupt it)
+    modes = [m for m in _get_current_function_mode_stack() if not isinstance(m, DeviceContext)]
+    return nullcontext(), _recomputing(block, modes)
+
+
 class SideNetwork(nn.Module):
-    """Stem + l side blocks; `forward` drives the frozen tower so only one frozen layer is alive at a time."""
+    """Stem + l side blocks; `forward` drives the frozen tower so only one frozen layer is alive at a time.
+
+    `checkpoint`: each side block is recomputed in backward (non-reentrant `torch.utils.checkpoint`), so
+    only its inputs are kept: the side tokens s and the frozen features Z, which the block's fusion keeps
+    anyway. Same values and gradients as without it, for one more side forward.
+    """
 
     def __init__(
         self,
@@ -222,10 +266,12 @@ class SideNetwork(nn.Module):
         temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
         form: BlockForm = "pre",
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.options, self.form = options, form
+        self.checkpoint = checkpoint
         self.read_layers = read_layers(vit_layers, layers, options.layer_choice)
         self.stem = nn.Conv3d(
             3,
@@ -275,10 +321,20 @@ class SideNetwork(nn.Module):
         temporal_impl: TemporalImpl = "auto",
         options: SideOptions = PAPER_SIDE,
         form: BlockForm = "pre",
+        checkpoint: bool = False,
     ) -> SideNetwork:
         """A side network of `layers` x `dim` reading the frozen tower of shape `tower`."""
         return cls(
-            tower.width, tower.layers, tower.patch_size, tower.num_patches, dim, layers, temporal_impl, options, form
+            tower.width,
+            tower.layers,
+            tower.patch_size,
+            tower.num_patches,
+            dim,
+            layers,
+            temporal_impl,
+            options,
+            form,
+            checkpoint,
         )
 
     def stem_tokens(self, video: Tensor) -> Tensor:
@@ -297,8 +353,16 @@ class SideNetwork(nn.Module):
         for index in range(len(backbone.blocks)):
             x = backbone.block(index, x)
             if index in readers:
-                s = readers[index](s, x, self.pos)
+                s = self.run_block(readers[index], s, x)
         return s, x
+
+    def run_block(self, block: SideBlock, s: Tensor, frozen: Tensor) -> Tensor:
+        if not self.checkpoint:
+            return block(s, frozen, self.pos)
+        # Non-reentrant: the only variant that takes a recompute context; it restores the RNG state too.
+        return activation_checkpoint.checkpoint(
+            block, s, frozen, self.pos, use_reentrant=False, context_fn=partial(_checkpoint_contexts, block)
+        )
 
     def head_tokens(self, s: Tensor) -> Tensor:
         """What the recognition head pools: every patch token (GAP) or the [CLS] slot."""

@@ -42,6 +42,7 @@ def build_model(
         "frozen_mesh": frozen_mesh(cfg, device),
         "side_layers": cfg.model.side_layers,
         "side_dim": cfg.model.side_dim,
+        "side_checkpoint": cfg.model.side_checkpoint,
     }
     torch.manual_seed(cfg.train.seed)
     if cfg.model.task == "retrieval":
