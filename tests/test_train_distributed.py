@@ -170,3 +170,16 @@ def test_sharded_frozen_tower_trains_like_the_replicated_one(runs: dict[str, Pat
     assert sharded.keys() == replicated.keys() and not any(k.startswith("backbone.") for k in sharded)
     assert all(torch.equal(sharded[k], v) for k, v in replicated.items())
     _run([sys.executable, "launch/eval.py", "--checkpoint", str(out / "final"), "--views", "1x1"])
+
+
+def test_vite_json_trains_with_zero_sharded_tower_and_checkpointed_side(runs: dict[str, Path]) -> None:
+    """The shipped ViT-E DeepSpeed JSON (bf16, ZeRO-1; ZeRO-2 by override) on 2 ranks with every memory
+    option on: DeepSpeed accepts our AdamW under ZeRO, and steps train."""
+    for stage in (1, 2):
+        out = runs["root"] / f"zero{stage}"
+        args = [a.replace("ds_configs/cpu.json", "ds_configs/vite.json") for a in _args(runs["synth"], out, micro=4)]
+        extra = [f"ds.zero_optimization.stage={stage}", "model.shard_frozen=true", "model.side_checkpoint=true"]
+        _run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(_port()), *args, *extra, "train.max_steps=2"])
+        losses = _losses(out)
+        assert len(losses) == 2 and np.isfinite(losses).all()
+        assert json.loads((out / "final" / "meta.json").read_text())["ds_config"]["bf16"]["enabled"]

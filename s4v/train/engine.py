@@ -177,6 +177,9 @@ def resolve_ds_config(ds: dict[str, Any], cfg: Config, plan: BatchPlan) -> dict[
     ds.update(derived)
     if "optimizer" in ds or "scheduler" in ds:
         raise UserError("the DeepSpeed config must not define optimizer/scheduler: they come from the recipe")
+    # ZeRO accepts client optimizers by exact type; ours is torch's AdamW plus a finite-gradient check
+    # (SkippingAdamW), which ZeRO partitions like AdamW. Without this every ZeRO JSON fails at initialize.
+    ds.setdefault("zero_allow_untested_optimizer", True)
     return ds
 
 
