@@ -166,27 +166,46 @@ class ZeroAdamW:
     dtype) instead, each parameter's full gradient freed as soon as backward has accumulated it. The
     step reads the slice's gradient in fp32, updates it, and the all-gather of the updated slices
     writes into the weights in place.
+
+    Temporaries as DeepSpeed 0.19 has them (checked against RSS of 2 gloo ranks on CPU):
+    `deepspeed/runtime/zero/stage_1_and_2.py` `DeepSpeedZeroOptimizer.copy_grads_in_partition` allocates
+    the slice (`grads_in_partition`) at the first reduced gradient of a backward, and `step` flattens it
+    (a copy), casts that to fp32, then frees both bf16 copies before the client optimizer runs. s4v's
+    client optimizer (`SkippingAdamW`) is `foreach=False`: torch's `_single_tensor_adam` builds
+    `denom = exp_avg_sq.sqrt() / c`, two partition-sized fp32 temporaries at once (foreach: one).
+    The backward's ipg buckets (2 x reduce_bucket_size) are not replayed: `s4v plan --reserve`.
     """
 
     def __init__(self, params: list[nn.Parameter], ranks: int, stage: int) -> None:
         self.params = params
-        part = -(-sum(p.numel() for p in params) // ranks)
+        self.part = -(-sum(p.numel() for p in params) // ranks)
         device = params[0].device
-        self.master = torch.zeros(part, dtype=torch.float32, device=device, requires_grad=True)
-        self.inner = torch.optim.AdamW([self.master], lr=1e-3, weight_decay=0.15, foreach=True)
-        self.grad_slice = torch.zeros(part, dtype=params[0].dtype, device=device) if stage >= 2 else None
-        if self.grad_slice is not None:
+        self.master = torch.zeros(self.part, dtype=torch.float32, device=device, requires_grad=True)
+        self.inner = torch.optim.AdamW([self.master], lr=1e-3, weight_decay=0.15, foreach=False)
+        self.stage = stage
+        self.grad_slice: Tensor | None = None  # stage >= 2: from the first reduced gradient to the step
+        if stage >= 2:
             for p in params:
                 p.register_post_accumulate_grad_hook(self._reduce_scatter)
 
-    @staticmethod
-    def _reduce_scatter(p: nn.Parameter) -> None:
+    def _reduce_scatter(self, p: nn.Parameter) -> None:
         # This rank's share is summed into `grad_slice` in place (no new memory); the full gradient goes.
+        if self.grad_slice is None:
+            self.grad_slice = torch.zeros(self.part, dtype=p.dtype, device=p.device)
         p.grad = None
 
+    def grad_bytes(self) -> int | None:
+        """Bytes of the gradient slice stage >= 2 holds through a backward; None: full gradients (stage 1)."""
+        return self.part * self.params[0].element_size() if self.stage >= 2 else None
+
     def step(self) -> None:
-        # stage 1: the reduce-scatter output of the full gradients; stage >= 2: the kept slice, in fp32
-        grad = torch.empty_like(self.master) if self.grad_slice is None else self.grad_slice.float()
+        if self.grad_slice is None:  # stage 1: the reduce-scatter output of the full gradients
+            grad = torch.empty_like(self.master)
+        else:  # flatten (copy) the slice, cast the copy to fp32, then both bf16 copies go
+            flat = self.grad_slice.clone()
+            grad = flat.float()
+            del flat
+            self.grad_slice = None
         self.master.grad = grad
         del grad
         self.inner.step()
@@ -274,8 +293,8 @@ def _fill_static(
     frozen = [p for p in params if not p.requires_grad]
     mem.frozen_weights = _nbytes(frozen if frozen_held is None else frozen_held)
     mem.trainable_weights = _nbytes(trainable if trainable_held is None else trainable_held)
-    grad_slice = getattr(opt, "grad_slice", None)
-    mem.grads = _nbytes([grad_slice] if grad_slice is not None else trainable)
+    grad_bytes = opt.grad_bytes() if isinstance(opt, ZeroAdamW) else None
+    mem.grads = _nbytes(trainable) if grad_bytes is None else grad_bytes
     mem.optimizer_states = sum(t.numel() * t.element_size() for t in optimizer_tensors(opt))
 
 
