@@ -30,7 +30,7 @@ from s4v.data.records import VideoRecord
 from s4v.errors import UserError
 from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
 from s4v.train.checkpoint import load_trainable, read_meta
-from s4v.train.engine import compute_dtype, prepare_for_dtype
+from s4v.train.engine import prepare_for_dtype
 from s4v.train.evaluate import predict
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -67,8 +67,9 @@ def load_trained(
             f"--checkpoint {str(directory)!r} holds a {cfg.model.task} model, not a {task} one: "
             f"use {COMMANDS_OF_TASK[cfg.model.task]}"
         )
-    # The tower is built as the run built it, in its compute dtype, so that the fingerprints compare; then cast.
-    model = build_model(cfg, meta["num_classes"], device, compute_dtype(meta.get("ds_config", {})))
+    # The tower is built as the run built it, so that the fingerprints compare, then cast to `dtype`. Runs from
+    # before `frozen_dtype` was recorded (and converted reference checkpoints) built and fingerprinted it in fp32.
+    model = build_model(cfg, meta["num_classes"], device, getattr(torch, meta.get("frozen_dtype", "float32")))
     check_fingerprint(meta["backbone_fingerprint"], backbone_fingerprint(model))
     prepare_for_dtype(model, dtype).load_state_dict(load_trainable(directory))
     return model.eval(), cfg, meta

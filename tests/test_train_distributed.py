@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from s4v.errors import UserError
+from s4v.infer import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
@@ -182,4 +186,22 @@ def test_vite_json_trains_with_zero_sharded_tower_and_checkpointed_side(runs: di
         _run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(_port()), *args, *extra, "train.max_steps=2"])
         losses = _losses(out)
         assert len(losses) == 2 and np.isfinite(losses).all()
-        assert json.loads((out / "final" / "meta.json").read_text())["ds_config"]["bf16"]["enabled"]
+        meta = json.loads((out / "final" / "meta.json").read_text())
+        assert meta["ds_config"]["bf16"]["enabled"] and meta["frozen_dtype"] == "bfloat16"
+    # Evaluation rebuilds the tower unsharded, in bf16 as trained, so the fingerprints compare.
+    _run([sys.executable, "launch/eval.py", "--checkpoint", str(out / "final"), "--views", "1x1"])
+
+
+def test_runs_without_a_recorded_frozen_dtype_rebuild_the_tower_in_fp32(runs: dict[str, Path], tmp_path) -> None:
+    """Runs from before `frozen_dtype` was recorded fingerprinted an fp32 build: they still load. The key is
+    read: the same fp32 fingerprint does not match a tower rebuilt in bf16."""
+    final = tmp_path / "final"
+    shutil.copytree(runs["side4video-1"] / "final", final)
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta.pop("frozen_dtype") == "float32"
+    (final / "meta.json").write_text(json.dumps(meta))
+    model, _, _ = load_trained(final, torch.device("cpu"), torch.bfloat16)
+    assert model.backbone.dtype == torch.bfloat16  # built in fp32, then cast for evaluation
+    (final / "meta.json").write_text(json.dumps(meta | {"frozen_dtype": "bfloat16"}))
+    with pytest.raises(UserError, match="frozen tower differs"):
+        load_trained(final, torch.device("cpu"), torch.bfloat16)

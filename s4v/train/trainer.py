@@ -85,6 +85,7 @@ class Trainer:
             "num_classes": self.train_loader.num_classes,
             "classes": list(self.train_loader.classes),
             "backbone_fingerprint": fingerprint,
+            "frozen_dtype": str(self.dtype).removeprefix("torch."),  # the tower was built and fingerprinted in it
             "world_size": dist.world_size,
             "ds_config": self.ds,
         }
