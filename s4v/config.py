@@ -155,10 +155,10 @@ def check_preset(cfg: Config) -> None:
             f"model.preset: {name!r} is a {preset.task} preset but model.task is {task!r}; "
             f"{task} presets: {', '.join(map(repr, of_task))}{hint}"
         )
-    tower_layers = BACKBONES[preset.backbone].layers
-    if cfg.model.side_layers is not None and (cfg.model.side_layers < 1 or tower_layers % cfg.model.side_layers):
+    tower = BACKBONES[preset.backbone]
+    if cfg.model.side_layers is not None and not tower.reads_evenly(cfg.model.side_layers):
         raise UserError(
-            f"model.side_layers: {cfg.model.side_layers} does not divide the {tower_layers} layers of {name!r}'s tower"
+            f"model.side_layers: {cfg.model.side_layers} does not divide the {tower.layers} layers of {name!r}'s tower"
         )
     if cfg.model.side_dim is not None and (cfg.model.side_dim < 64 or cfg.model.side_dim % 64):
         raise UserError(f"model.side_dim: {cfg.model.side_dim} is not a positive multiple of 64 (64-dim heads)")

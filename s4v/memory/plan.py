@@ -205,7 +205,7 @@ def cli(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     tower_layers = BACKBONES[args.backbone].layers
     for layers in args.layers or ():
-        if not 0 < layers <= tower_layers or tower_layers % layers:
+        if not BACKBONES[args.backbone].reads_evenly(layers):
             raise UserError(f"--layers {layers}: a side network must read {tower_layers} frozen layers evenly")
     if args.gpus < 1:
         raise UserError(f"--gpus {args.gpus}: need at least one GPU")

@@ -37,6 +37,10 @@ class Backbone:
     def num_patches(self) -> int:
         return (self.image_size // self.patch) ** 2
 
+    def reads_evenly(self, side_layers: int) -> bool:
+        """Whether `side_layers` side blocks can read this tower at even intervals (paper s.3.3)."""
+        return 0 < side_layers <= self.layers and self.layers % side_layers == 0
+
 
 BACKBONES: dict[str, Backbone] = {
     "tiny": Backbone("s4v-tiny-vit", "tiny ViT", 128, 4, 8, 64, "pre", 0.8),
