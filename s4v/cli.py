@@ -17,6 +17,7 @@ from s4v.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("s4v.info:cli", "parameters, GFLOPs and memory estimate of a preset"),
     "synth": ("s4v.data.synth:cli", "write the embedded synthetic video dataset"),
+    "data": ("s4v.data.check:cli", "data check: annotations vs files, every video probed, a skip list"),
     "plan": ("s4v.memory.plan:cli", "largest side network and batch that fit a GPU memory budget"),
     "predict": ("s4v.infer:predict_cli", "top-k classes of videos with a trained recognition checkpoint"),
     "embed": ("s4v.search:embed_cli", "index the frame embeddings of videos with a retrieval checkpoint"),

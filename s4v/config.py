@@ -70,6 +70,7 @@ class TrainConfig:
     out_dir: str = "runs/default"
     seed: int = 0
     ckpt_every_steps: int = 0  # 0: only at epoch ends
+    ckpt_every_minutes: float = 30.0  # also by wall-clock time inside an epoch; 0: off
     keep_checkpoints: int = 2
     eval_every_epochs: int = 1  # 0: no evaluation during training
     log_every_steps: int = 1
@@ -126,6 +127,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         node[leaf] = _yaml(raw, f"override {item!r}") if raw.strip() else None
     cfg = build(Config, tree, "")
     check_preset(cfg)
+    check_data(cfg)
+    if cfg.train.ckpt_every_minutes < 0:
+        raise UserError(
+            f"train.ckpt_every_minutes: {cfg.train.ckpt_every_minutes} < 0 (0 turns wall-clock checkpoints off)"
+        )
     return cfg
 
 
@@ -176,10 +182,25 @@ def check_preset(cfg: Config) -> None:
         )
 
 
+def check_data(cfg: Config) -> None:
+    """`data` values the field types cannot express: repeated sampling is a count, and recognition's only."""
+    repeats = cfg.data.num_repeats
+    if repeats < 1:
+        raise UserError(f"data.num_repeats: {repeats} is not a positive count of clips per training video")
+    if repeats > 1 and cfg.model.task == "retrieval":
+        # RetrievalTask.loss samples one caption per batch index, and a video's R clips share its index.
+        raise UserError(
+            f"data.num_repeats: {repeats} applies to recognition only (Table 12); retrieval's contrastive loss "
+            "would take a video's clips, captioned alike, as each other's negatives (set data.num_repeats=1)"
+        )
+
+
 def check_paths(cfg: Config) -> None:
     """What a run reads from this machine exists; the entry points call it before any process group starts."""
     if not Path(cfg.data.root).is_dir():
         raise UserError(f"data.root: {cfg.data.root!r} is not a directory")
+    if cfg.data.skip_list is not None and not Path(cfg.data.skip_list).is_file():
+        raise UserError(f"data.skip_list: {cfg.data.skip_list!r} is not a file (`s4v data check` writes one)")
     if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
         raise UserError(
             f"model.checkpoint: {cfg.model.checkpoint!r} is not a file (weights are never downloaded; "

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from s4v.config import Config, load_config
 from s4v.data.config import DataConfig, parse_views
@@ -28,6 +27,7 @@ from s4v.data.decode import BadVideo, decode_frames
 from s4v.data.loader import finish, prepare
 from s4v.data.records import VideoRecord
 from s4v.errors import UserError
+from s4v.progress import progress, write
 from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
 from s4v.train.checkpoint import load_trainable, read_meta
 from s4v.train.engine import prepare_for_dtype
@@ -90,16 +90,18 @@ def iter_views(
     A video that cannot be used gets one `error: <path>: <reason>` line on stderr and an entry in `failed`,
     and the others go on.
     """
-    bar = tqdm(paths, desc="videos", unit="video", file=sys.stderr, disable=True if len(paths) < 2 else None)
-    for path in bar:
-        try:
-            views = read_views(path, data)
-        except Exception as e:  # as in the loader: whatever fails on one video is that video's failure
-            reason = e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"
-            failed.append((path, reason))
-            bar.write(f"error: {path}: {reason}", file=sys.stderr)
-            continue
-        yield path, views
+    with progress(len(paths), "videos", unit="video", enabled=None if len(paths) >= 2 else False) as bar:
+        for path in paths:
+            try:
+                views = read_views(path, data)
+            except Exception as e:  # as in the loader: whatever fails on one video is that video's failure
+                reason = e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"
+                failed.append((path, reason))
+                bar.write(f"error: {path}: {reason}", file=sys.stderr)
+                continue
+            finally:
+                bar.update()
+            yield path, views
 
 
 def batched(items: Iterable[tuple[str, torch.Tensor]], size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -216,7 +218,7 @@ def predict_cli(argv: list[str]) -> int:
         for path, probs in zip(paths, class_probabilities(run.model, video, run.device, run.dtype), strict=True):
             videos.append({"path": path, "top": top_classes(probs, classes, args.top)})
             if not args.json:
-                tqdm.write(format_prediction(path, videos[-1]["top"]))  # printed between redraws of the bar
+                write(format_prediction(path, videos[-1]["top"]))  # printed between redraws of the bar
     if args.json:
         failures = [{"path": path, "error": reason} for path, reason in failed]
         doc = {"checkpoint": args.checkpoint, "views": args.views, "videos": videos, "failed": failures}

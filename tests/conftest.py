@@ -21,3 +21,17 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["--out", str(out), "--classes", "4", "--videos-per-class", "12", "--frames", "8", "--captions"]
     subprocess.run([sys.executable, "-m", "s4v.cli", "synth", *args], check=True, cwd=REPO, capture_output=True)
     return out
+
+
+def _shm_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    """Every multi-rank run of the suite removes DeepSpeed's /dev/shm all-reduce buffers (66 MB of RAM
+    per rank each); a leak fails the session here. Buffers of runs outside the suite are left alone."""
+    before = _shm_buffers()
+    yield
+    left = sorted(_shm_buffers() - before)
+    assert not left, f"{len(left)} DeepSpeed shared-memory buffer(s) left in /dev/shm: {', '.join(left)}"

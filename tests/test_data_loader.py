@@ -40,17 +40,17 @@ def test_shards_are_disjoint_and_cover_the_set(tmp_path, n, world):
         for rank in range(world):
             ld = build_loader(_cfg(root, batch_size=2), "train", rank, world, seed=5)
             ld.set_epoch(epoch)
-            train.append(ld.shard())
-            val.append(build_loader(_cfg(root, batch_size=2), "val", rank, world).shard())
+            train.append(np.concatenate(ld.batches()))
+            val.append(np.concatenate(build_loader(_cfg(root, batch_size=2), "val", rank, world).batches()))
         flat_train, flat_val = np.concatenate(train), np.concatenate(val)
         assert len(set(flat_train.tolist())) == len(flat_train)  # disjoint
-        assert len({len(s) for s in train}) == 1 and len(flat_train) == n - n % world  # equal steps per rank
+        assert len({len(s) for s in train}) == 1 and len(flat_train) == n - n % (2 * world)  # equal steps per rank
         assert sorted(flat_val.tolist()) == list(range(n))  # val: disjoint and complete
     ld = build_loader(_cfg(root, batch_size=2), "train", 0, world, seed=5)
     orders = []
     for epoch in (0, 1, 0):
         ld.set_epoch(epoch)
-        orders.append(ld.shard().tolist())
+        orders.append(ld.order().tolist())
     assert orders[0] == orders[2] != orders[1]  # deterministic per (seed, epoch), reshuffled per epoch
 
 
@@ -74,7 +74,7 @@ def test_resume_reproduces_the_remaining_batches_exactly(synth):
         ld.set_epoch(2)
         full = list(ld)
         ld.set_epoch(2)
-        resumed = list(ld.iter_from(4))
+        resumed = list(ld.iter_from(4 * ld.videos_per_batch))
         assert len(resumed) == len(full) - 4
         for a, b in zip(full[4:], resumed, strict=True):
             assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])

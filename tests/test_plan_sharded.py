@@ -122,7 +122,7 @@ def test_plan_cli_reads_the_zero_stage_of_a_deepspeed_json(tmp_path, capsys) -> 
     )
     text = capsys.readouterr().out
     assert "fp32, flash attention, 8 GPUs, frozen tower sharded, ZeRO-1, side blocks checkpointed (" in text
-    assert "| layers | width | trainable (M) | max batch |" in text
+    assert "| layers | width | trainable (M) | max batch (videos) |" in text
     assert json.loads(out.read_text())["settings"]["gpus"] == 8
     with pytest.raises(SystemExit):
         plan_cli([*args, "--ds", vite, "--zero-stage", "2"])

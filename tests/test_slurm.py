@@ -5,8 +5,10 @@ machine has no Slurm; the launcher is recorded instead of started)."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +42,30 @@ def test_slurm_template_launches_deepspeed_per_node(tmp_path: Path) -> None:
         "--master_addr", "gpu-a", "--master_port", "29500",
         "launch/train.py", "--ds", "ds_configs/vite.json", *args, "--resume", "auto",
     ]  # fmt: skip
+
+
+def test_slurm_template_requeues_on_the_time_limit_signal_and_waits_for_the_ranks(tmp_path: Path) -> None:
+    """SIGUSR1 (`--signal=B:USR1@180`) reaches the batch script while the job step runs: it asks Slurm to
+    requeue the job (which sends the ranks SIGTERM), keeps waiting for the step, and exits with its code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    requeued = tmp_path / "requeued"
+    _tool(bin_dir, "scontrol", f'if [[ "$1" == requeue ]]; then echo "$@" > {requeued}; else printf "gpu-a\\n"; fi\n')
+    _tool(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    started, release = tmp_path / "started", tmp_path / "release"
+    _tool(bin_dir, "deepspeed", f"touch {started}\nwhile [ ! -e {release} ]; do sleep 0.05; done\nexit 75\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-a"}
+    env |= {"SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242"}
+    proc = subprocess.Popen(["bash", "launch/slurm.sbatch", "train.out_dir=/shared/x"], cwd=REPO, env=env)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    while not requeued.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert requeued.read_text().split() == ["requeue", "4242"]
+    assert proc.poll() is None  # still waiting for the ranks to checkpoint
+    release.touch()
+    assert proc.wait(timeout=30) == 75

@@ -318,7 +318,7 @@ def test_bf16_cpu_run(tmp_path: Path) -> None:
     module = state["module"]
     assert module["head.fc.weight"].dtype == torch.bfloat16
     assert module["head.bn.running_mean"].dtype == torch.float32
-    assert state["s4v_position"] == {"epoch": 0, "batch": 3, "step": 3}
+    assert state["s4v_position"] == {"epoch": 0, "videos": 12, "step": 3}
 
 
 def test_side_network_size_overrides_are_checked_and_built() -> None:

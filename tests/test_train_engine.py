@@ -74,12 +74,15 @@ def test_prepare_for_dtype_casts_tower_and_trainable_params_but_not_batchnorm_st
     assert logits.dtype == dtype and torch.isfinite(logits.float()).all()
 
 
-def test_data_position_round_trips_the_checkpoint_dict() -> None:
+def test_data_position_round_trips_the_checkpoint_dict_and_reads_the_per_rank_form() -> None:
     position = DataPosition()
-    position.load_state_dict({"epoch": 1, "batch": 6, "step": 16})
-    assert position == DataPosition(1, 6, 16) and position.state_dict() == {"epoch": 1, "batch": 6, "step": 16}
+    position.load_state_dict({"epoch": 1, "videos": 96, "step": 16}, videos_per_batch=8)
+    assert position == DataPosition(1, 96, 16) and position.state_dict() == {"epoch": 1, "videos": 96, "step": 16}
     position.next_epoch()
-    assert position.state_dict() == {"epoch": 2, "batch": 0, "step": 16}
+    assert position.state_dict() == {"epoch": 2, "videos": 0, "step": 16}
+    # Before the global count: 6 micro-batches per rank, each of 4 videos on each of 2 ranks.
+    position.load_state_dict({"epoch": 1, "batch": 6, "step": 3}, videos_per_batch=4 * 2)
+    assert position == DataPosition(1, 48, 3)
 
 
 def test_recognition_task_loss_through_make_task() -> None:
@@ -108,6 +111,9 @@ def test_resuming_from_a_checkpoint_of_another_model_is_a_user_error(tmp_path: P
         check_resumable(tmp_path, cfg, meta)
     write_meta(tmp_path, load_config(None, ["model.kind=meanpool"]), meta)
     with pytest.raises(UserError, match="model.kind='meanpool' there, 'side4video' here"):
+        check_resumable(tmp_path, cfg, meta)
+    write_meta(tmp_path, load_config(None, ["optim.batch_size=64"]), meta)
+    with pytest.raises(UserError, match="optim.batch_size=64 there, 128 here"):
         check_resumable(tmp_path, cfg, meta)
     write_meta(tmp_path, cfg, {**meta, "num_classes": 5})
     with pytest.raises(UserError, match="5 classes there, 4 here"):

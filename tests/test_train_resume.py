@@ -82,7 +82,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(synth: Path, tmp_path: Path) -
     assert state["module"] and not any(k.startswith("backbone") for k in state["module"])
     assert {k.split(".")[0] for k in state["module"]} == {"side", "head"}
     assert state["optimizer"]["state"] and state["lr_scheduler"]["last_epoch"] == killed_at
-    assert state["s4v_position"] == {"epoch": 0, "batch": killed_at, "step": killed_at}
+    assert state["s4v_position"] == {"epoch": 0, "videos": 4 * killed_at, "step": killed_at}
     assert (ck / "rng_rank00000.pt").is_file() and (ck / "config.yaml").is_file()
     assert not list((killed / "checkpoints").glob(".tmp-*"))
 

@@ -4,19 +4,24 @@ Formats as distributed: SSv2 json (labels.json + train/validation json), SSv1 cs
 frames as JPEG folders), Kinetics-400 csv (`label,youtube_id,time_start,time_end,split`), and a
 generic list (`path label` or TSN-style `path num_frames label`); the retrieval formats (MSR-VTT,
 MSVD, VATEX) are read by `s4v.data.captions`. A malformed entry raises `AnnotationError` naming the
-file and line.
+file and line. `DataConfig.skip_list` (e.g. the one `s4v data check` writes) leaves videos out of a split.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from s4v.data.captions import CAPTION_FORMATS, CaptionSplit, load_caption_split
 from s4v.data.config import DataConfig
 from s4v.data.records import AnnotationError, VideoRecord
+from s4v.errors import UserError
+
+log = logging.getLogger("s4v.data")
 
 
 @dataclass(frozen=True)
@@ -125,8 +130,49 @@ def load_k400(path: Path, root: Path, names: list[str], ext: str) -> list[VideoR
     return records
 
 
+def read_skip_list(path: str, root: Path) -> set[str]:
+    """Normalised paths of a skip list: each entry as written (a VideoRecord path, as `s4v data check`
+    writes them) and, when relative, also under `root` (a path as the annotation files name it)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise UserError(f"data.skip_list: cannot read {path!r} ({e.strerror})") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    skip = {os.path.normpath(e) for e in entries}
+    return skip | {os.path.normpath(root / e) for e in entries if not os.path.isabs(e)}
+
+
+def _drop_skipped(loaded: Split, skip: set[str]) -> Split:
+    keep = [i for i, r in enumerate(loaded.records) if os.path.normpath(r.path) not in skip]
+    if loaded.captions is None:
+        return replace(loaded, records=[loaded.records[i] for i in keep])
+    # Retrieval: each video is its own class, labelled by its position, so the survivors are renumbered.
+    c = loaded.captions
+    ids = [c.video_ids[i] for i in keep]
+    records = [VideoRecord(c.records[i].path, label) for label, i in enumerate(keep)]
+    return Split(records, ids, CaptionSplit(records, ids, [c.captions[i] for i in keep]))
+
+
 def read_split(cfg: DataConfig, split: str) -> Split:
-    """Read the annotation files of `split` ("train" | "val") once, whatever the format."""
+    """Read the annotation files of `split` ("train" | "val") once, whatever the format, less the videos
+    of `cfg.skip_list`: they are left out before the loader shards the split, so they never count as bad."""
+    if cfg.skip_list is None:
+        return _read_annotations(cfg, split)
+    skip = read_skip_list(cfg.skip_list, Path(cfg.root))
+    loaded = _read_annotations(cfg, split)
+    kept = _drop_skipped(loaded, skip)
+    dropped = len(loaded.records) - len(kept.records)
+    log.warning(
+        "%s split: left out %d video(s) of data.skip_list %s, %d remain",
+        split,
+        dropped,
+        cfg.skip_list,
+        len(kept.records),
+    )
+    return kept
+
+
+def _read_annotations(cfg: DataConfig, split: str) -> Split:
     root = Path(cfg.root)
     split_file = cfg.train_list if split == "train" else cfg.val_list
     if cfg.fmt in CAPTION_FORMATS:  # retrieval: each video is its own class, named by its id

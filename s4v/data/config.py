@@ -40,7 +40,10 @@ class DataConfig:
     image_size: int = 64
     sampling: Sampling = "segment"
     dense_stride: int = 8  # frame step of dense sampling
-    batch_size: int = 16
+    batch_size: int = 16  # videos per rank and micro-batch (train: batch_size x num_repeats clips reach the model)
+    # Table 12's repeated sampling (2 on SSv1/SSv2): clips made from each decoded training video, same frame
+    # indices, each with its own spatial augmentation (s4v.data.loader.finish). Validation ignores it.
+    num_repeats: int = 1
     crop_scale: tuple[float, float] = (0.4, 1.0)  # RandomResizedCrop area range
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool | None = None
@@ -55,6 +58,9 @@ class DataConfig:
     test_clips: int = 1
     max_bad_videos: int = 10  # per epoch and rank; more stops the run with an error
     video_ext: str = ".mp4"  # file extension of Kinetics videos (ssv2: .webm)
+    # File of video paths to leave out (one a line; `s4v data check` writes one), relative to the working
+    # directory; its entries are VideoRecord paths as built, or paths relative to `root`.
+    skip_list: str | None = None
 
     def __post_init__(self) -> None:
         # Python callers may pass lists; tuples as the loader makes them, so equal configs compare equal.

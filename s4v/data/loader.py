@@ -1,4 +1,4 @@
-"""Epoch iteration: per-rank shards, deterministic order, exact resume, bad-video accounting.
+"""Epoch iteration: one global order per epoch dealt over the ranks, exact resume, bad-video accounting.
 
 Which videos a batch holds and how each is sampled and augmented is decided here, in the same way for
 both decoders: `pyav` (FFmpeg through PyAV in torch DataLoader worker processes; every codec, CPU) and
@@ -28,6 +28,7 @@ from s4v.data.records import VideoRecord
 from s4v.data.sampling import clip_indices
 from s4v.data.transforms import draw_params, test_views, train_transform
 from s4v.errors import UserError
+from s4v.preemption import ignore_stop_signals
 
 log = logging.getLogger("s4v.data")
 
@@ -64,26 +65,38 @@ def prepare(index: int, rec: VideoRecord, cfg: DataConfig, train: bool, seed: in
 
 
 def finish(p: Prepared, decoded: torch.Tensor, cfg: DataConfig, train: bool) -> torch.Tensor:
-    """Decoded uint8 (n, H, W, 3) -> train (T, 3, S, S) or test views (V, T, 3, S, S), V = clips x crops."""
+    """Decoded uint8 (n, H, W, 3) -> train clips (R, T, 3, S, S), R = `num_repeats`, or test views
+    (V, T, 3, S, S), V = clips x crops.
+
+    The R training clips are Table 12's repeated sampling as the reference's `num_sample` makes it: one
+    decode and one temporal draw per video, then R spatial draws in turn from the sample's rng, so clip 0
+    is the clip R = 1 gives and every clip stays a function of (seed, epoch, video index).
+    """
     if train:
-        return train_transform(decoded, draw_params(p.rng, cfg, *decoded.shape[1:3]), cfg)
+        h, w = decoded.shape[1:3]
+        clips = [train_transform(decoded, draw_params(p.rng, cfg, h, w), cfg) for _ in range(cfg.num_repeats)]
+        return torch.stack(clips)
     clips = decoded.reshape(cfg.test_clips, cfg.num_frames, *decoded.shape[1:])
     return torch.cat([test_views(c, cfg) for c in clips])
 
 
 def _collate(
-    videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[str, str]], train: bool
+    videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[str, str]], cfg: DataConfig, train: bool
 ) -> dict[str, object]:
+    """`finish`'s outputs -> one batch. Training: (B x R, T, 3, S, S), the R clips of a video adjacent
+    (video 0 clip 0, video 0 clip 1, video 1 clip 0, ...) as the reference's `multiple_samples_collate`
+    flattens each video's clip list, with labels and indices repeated to match."""
+    repeats = cfg.num_repeats if train else 1
     if videos:
-        video = torch.stack(videos)
+        video = torch.cat(videos) if train else torch.stack(videos)
         if not train and video.shape[1] == 1:  # a single view keeps the training layout
             video = video[:, 0]
     else:
         video = None
     return {
         "video": video,
-        "label": torch.tensor([p.record.label for p in preps], dtype=torch.long),
-        "index": torch.tensor([p.index for p in preps], dtype=torch.long),
+        "label": torch.tensor([p.record.label for p in preps], dtype=torch.long).repeat_interleave(repeats),
+        "index": torch.tensor([p.index for p in preps], dtype=torch.long).repeat_interleave(repeats),
         "bad": bad,
     }
 
@@ -111,7 +124,7 @@ class _PyAVBatches(torch.utils.data.Dataset):
                 bad.append((rec.path, e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"))
         for p in preps:
             p.data = None  # do not ship the encoded bytes back to the main process
-        return _collate(videos, preps, bad, self.train)
+        return _collate(videos, preps, bad, self.cfg, self.train)
 
 
 @contextmanager
@@ -129,6 +142,7 @@ def _single_thread(device: torch.device) -> Iterator[None]:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one process per core: intra-op threads would oversubscribe
+    ignore_stop_signals()  # the rank decides when to stop (s4v/preemption.py)
 
 
 def _rng_isolated(batches: Iterator[dict]) -> Iterator[dict]:
@@ -162,6 +176,7 @@ class VideoLoader:
         self.captions: CaptionSplit | None = loaded.captions
         self.backend = resolve_backend(cfg, self.records)
         self.epoch = 0
+        self.consumed = 0  # videos of the epoch's global order behind the batches yielded so far
         self.bad_videos: list[tuple[str, str]] = []
         self._dali = None
 
@@ -172,45 +187,59 @@ class VideoLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def shard(self) -> np.ndarray:
-        """Dataset indices of this rank for the current epoch, in iteration order.
-
-        train: one permutation per (seed, epoch), dealt round-robin, cut to an equal length on every
-        rank (so all ranks run the same number of steps); val: round-robin in file order, nothing
-        dropped, so the ranks together cover the split exactly once.
-        """
+    def order(self) -> np.ndarray:
+        """The epoch's global order: train, one permutation per (seed, epoch), the same at every world
+        size; val, file order."""
         n = len(self.records)
-        if not self.train:
-            return np.arange(n)[self.rank :: self.world_size]
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        return perm[self.rank :: self.world_size][: n // self.world_size]
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.train else np.arange(n)
 
-    def batches(self) -> list[np.ndarray]:
-        idx, bs = self.shard(), self.cfg.batch_size
-        if self.train:  # drop_last: fixed batch shapes for training
-            return [idx[i : i + bs] for i in range(0, len(idx) - bs + 1, bs)]
-        return [idx[i : i + bs] for i in range(0, len(idx), bs)]
+    @property
+    def videos_per_batch(self) -> int:
+        """Videos of the global order one micro-batch consumes over all ranks."""
+        return self.cfg.batch_size * self.world_size
+
+    def batches(self, start: int = 0) -> list[np.ndarray]:
+        """This rank's batches of the current epoch, from video `start` of the global order on.
+
+        train: each micro-batch takes the next `videos_per_batch` videos of the order and deals them
+        round-robin over the ranks; only full micro-batches (fixed shapes). The data position is thus
+        counted in videos of one order that no world size changes, and a run resumed on other ranks
+        or another micro-batch goes on with the first unused video. (Round-robin inside a micro-batch
+        is what the former per-rank shards `order[rank::world][: n // world]` held, batch for batch,
+        so runs from before keep their data.) val: round-robin in file order, nothing dropped, so the
+        ranks together cover the split exactly once.
+        """
+        order, bs, world = self.order(), self.cfg.batch_size, self.world_size
+        if not self.train:
+            idx = order[self.rank :: world]
+            return [idx[i : i + bs] for i in range(0, len(idx), bs)]
+        step = self.videos_per_batch
+        full = (len(order) - start) // step
+        return [order[start + k * step : start + (k + 1) * step][self.rank :: world] for k in range(full)]
 
     def __len__(self) -> int:
-        n = len(self.shard())
-        bs = self.cfg.batch_size
-        return n // bs if self.train else -(-n // bs)
+        """Batches of a whole epoch on this rank."""
+        if self.train:
+            return len(self.records) // self.videos_per_batch
+        return -(-len(self.records[self.rank :: self.world_size]) // self.cfg.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         return self.iter_from(0)
 
-    def iter_from(self, start_batch: int) -> Iterator[dict]:
-        """Batches start_batch.. of the current epoch, identical to those of a full pass.
+    def iter_from(self, start: int) -> Iterator[dict]:
+        """The batches of the current epoch from video `start` of its global order on (see `batches`),
+        identical to those of a full pass at the same world size and micro-batch.
 
         A batch shrinks by its bad videos (each logged with its file and reason); one with none left is
         skipped. More than `max_bad_videos` in the epoch raises BadVideoError. Iterating leaves the
-        global torch RNG as it was.
+        global torch RNG as it was. `consumed` is the global position after the last batch yielded.
         """
-        self.bad_videos = []
-        batches = self.batches()[start_batch:]
+        self.bad_videos, self.consumed = [], start
+        batches = self.batches(start)
         source = self._iter_dali(batches) if self.backend == "dali" else self._iter_pyav(batches)
         device = torch.device(self.cfg.device)
         for batch in _rng_isolated(source):
+            self.consumed += self.videos_per_batch  # a batch left empty by bad videos is consumed too
             self._account(batch.pop("bad"))
             if batch["video"] is None:
                 continue
@@ -292,7 +321,7 @@ class VideoLoader:
         device = torch.device(self.cfg.device)
         with _single_thread(device):
             videos = [finish(p, d.to(device), self.cfg, self.train) for p, d in zip(preps, decoded, strict=True)]
-        return _collate(videos, preps, bad, self.train)
+        return _collate(videos, preps, bad, self.cfg, self.train)
 
 
 def build_loader(

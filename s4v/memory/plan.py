@@ -10,6 +10,10 @@ Data-parallel training over `--gpus` ranks is accounted per rank: `--shard-froze
 tower over them (FSDP2, two gathered blocks at a time), `--zero-stage` (or the stage of a DeepSpeed
 JSON, `--ds`) partitions the side network's optimizer states (1), gradients (2) and weights (3), and
 `--side-checkpoint` recomputes side blocks in backward (see `s4v.memory.step.Parallel`).
+
+Batches count videos per GPU, as `data.batch_size` does: with `--repeats R` (`data.num_repeats`, Table
+12's repeated sampling) each video is R clips, and a batch of b videos is accounted as the b x R clips
+the model sees.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ DIMS = (128, 192, 256, 320, 384, 448, 512, 576, 640, 768, 896, 1024)
 class Candidate:
     layers: int
     dim: int
-    max_batch: int
+    max_batch: int  # videos per GPU, `repeats` clips each
     peak_gib: float  # at max_batch
     trainable_m: float
-    per_video_gib: float
+    per_video_gib: float  # all of a video's clips
     fixed_gib: float
 
 
@@ -50,16 +54,19 @@ class Planner:
         num_classes: int,
         side_checkpoint: bool = False,
         parallel: Parallel = SINGLE,
+        repeats: int = 1,
     ) -> None:
         self.backbone, self.budget, self.frames = backbone, budget_gib * GiB, frames
         self.precision, self.attention, self.num_classes = precision, attention, num_classes
-        self.side_checkpoint, self.parallel = side_checkpoint, parallel
+        self.side_checkpoint, self.parallel, self.repeats = side_checkpoint, parallel, repeats
         self.evaluations = 0
         self.verbose = False
 
     def spec(self, layers: int, dim: int, batch: int) -> MethodSpec:
+        """The step of `batch` videos: the model's micro batch is their `repeats` clips each."""
         options = dict(layers=layers, dim=dim, checkpoint=self.side_checkpoint)
-        return MethodSpec("side4video", self.backbone, batch, self.frames, self.num_classes, options=options)
+        clips = batch * self.repeats
+        return MethodSpec("side4video", self.backbone, clips, self.frames, self.num_classes, options=options)
 
     def trainable_m(self, layers: int, dim: int) -> float:
         model = workload(self.spec(layers, dim, 1)).build(torch.device("meta"))
@@ -158,6 +165,8 @@ def settings(planner: Planner) -> str:
         words.append(f"ZeRO-{par.zero_stage}")
     if planner.side_checkpoint:
         words.append("side blocks checkpointed")
+    if planner.repeats > 1:
+        words.append(f"{planner.repeats} clips per video")
     return "".join(f", {w}" for w in words)
 
 
@@ -175,7 +184,14 @@ def cli(argv: list[str]) -> int:
     )
     ap.add_argument("--backbone", default="b16", choices=sorted(BACKBONES))
     ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--min-batch", type=int, default=16, help="smallest per-GPU batch worth training with")
+    ap.add_argument("--min-batch", type=int, default=16, help="smallest per-GPU batch (videos) worth training with")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="clips per training video (data.num_repeats; Table 12: 2 on SSv1/SSv2): a batch of b videos "
+        "is accounted as the b x R clips the model sees",
+    )
     ap.add_argument("--precision", default="bf16", choices=["bf16", "amp", "fp32"])
     ap.add_argument("--attention", default="flash", choices=["flash", "math"])
     ap.add_argument("--num-classes", type=int, default=174)
@@ -209,6 +225,8 @@ def cli(argv: list[str]) -> int:
             raise UserError(f"--layers {layers}: a side network must read {tower_layers} frozen layers evenly")
     if args.gpus < 1:
         raise UserError(f"--gpus {args.gpus}: need at least one GPU")
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: need at least one clip per video")
     parallel = Parallel(args.gpus, args.shard_frozen, zero_stage(args.ds) if args.ds else args.zero_stage or 0)
     budget = args.gpu_mem - args.reserve
     planner = Planner(
@@ -220,6 +238,7 @@ def cli(argv: list[str]) -> int:
         args.num_classes,
         args.side_checkpoint,
         parallel,
+        args.repeats,
     )
     planner.verbose = True
     found = []
@@ -232,7 +251,7 @@ def cli(argv: list[str]) -> int:
         f"{args.frames} frames, {args.precision}, {args.attention} attention{settings(planner)} "
         f"({planner.evaluations} accountings)"
     )
-    print("| layers | width | trainable (M) | max batch | peak at max batch (GiB) | GiB / video | fixed GiB |")
+    print("| layers | width | trainable (M) | max batch (videos) | peak at max batch (GiB) | GiB / video | fixed GiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for c in found:
         print(
@@ -240,12 +259,16 @@ def cli(argv: list[str]) -> int:
             f"{c.per_video_gib:.3f} | {c.fixed_gib:.2f} |"
         )
     if not found:
-        print(f"nothing fits: even the narrowest side network needs more than {budget:g} GiB at batch {args.min_batch}")
+        print(
+            f"nothing fits: even the narrowest side network needs more than {budget:g} GiB "
+            f"at {args.min_batch} videos per GPU"
+        )
         return 1
     best = max(found, key=lambda c: (c.trainable_m, c.max_batch))
     print(
         f"\nrecommended: side network l={best.layers}, d={best.dim} ({best.trainable_m:.2f} M trainable), "
-        f"batch {best.max_batch} per GPU, peak {best.peak_gib:.2f} GiB of {budget:g}"
+        f"batch {best.max_batch} videos per GPU ({best.max_batch * args.repeats} clips), "
+        f"peak {best.peak_gib:.2f} GiB of {budget:g}"
     )
     if args.json:
         with open(args.json, "w") as f:

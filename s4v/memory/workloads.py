@@ -31,7 +31,7 @@ class MethodSpec:
 
     method: str
     backbone: str
-    batch: int
+    batch: int  # clips the step feeds the model: a training batch's videos x data.num_repeats
     frames: int = 8
     num_classes: int = 174
     options: dict = field(default_factory=dict)

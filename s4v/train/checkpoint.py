@@ -2,8 +2,12 @@
 
 Layout under `<out_dir>/checkpoints/`:
   step_00000120/    DeepSpeed files (trainable module only, optimizer or ZeRO shards, LR scheduler,
-                    client state = data position), rng_rank00000.pt per rank, config.yaml, meta.json
+                    client state = data position), rng_rank00000.pt per rank, elastic.pt (the same
+                    trainable and optimizer state in a form no world size shapes), config.yaml,
+                    meta.json (data position, world size, DeepSpeed config)
   latest            name of the newest complete checkpoint
+A run on the world size, ZeRO stage and precision that wrote a checkpoint resumes through DeepSpeed's
+files, bitwise; any other resumes through elastic.pt (s4v/train/elastic.py).
 A checkpoint is written under a `.tmp-` name and renamed once every rank has finished, and `latest` is
 replaced atomically, so a run killed at any moment leaves either the previous or the new checkpoint.
 The directory is assumed to be on a file system all nodes share.
@@ -25,6 +29,7 @@ import yaml
 
 from s4v.config import Config, dump_config, to_dict
 from s4v.errors import UserError
+from s4v.train import elastic
 from s4v.train.build import check_fingerprint
 from s4v.train.distributed import barrier
 
@@ -38,24 +43,29 @@ _SHAPING = ("task", "preset", "kind", "matching")  # model fields that decide wh
 
 @dataclass
 class DataPosition:
-    """Where a run is in its data: epoch, micro-batches of that epoch consumed, optimizer steps taken.
+    """Where a run is in its data: epoch, videos of that epoch's global order consumed, optimizer steps.
 
-    The trainer advances it and checkpoints store `state_dict()`; a resumed run continues with batch
-    `batch` of epoch `epoch`, and the loader's per-(seed, epoch) order makes those the same batches.
+    The position counts videos of the order every world size shares (`VideoLoader.batches`), not
+    per-rank batches, so a run resumed on other ranks, another micro-batch or accumulation goes on with
+    the first unused video. Checkpoints are taken at optimizer steps, so `videos` is then a multiple of
+    the global batch.
     """
 
     epoch: int = 0
-    batch: int = 0
+    videos: int = 0
     step: int = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step}
+        return {"epoch": self.epoch, "videos": self.videos, "step": self.step}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+    def load_state_dict(self, state: dict[str, int], videos_per_batch: int) -> None:
+        """`videos_per_batch`: what one micro-batch consumed (micro batch x world size) in the run that
+        wrote `state`; positions from before the global count give micro-batches per rank ("batch")."""
+        videos = state["videos"] if "videos" in state else int(state["batch"]) * videos_per_batch
+        self.epoch, self.videos, self.step = int(state["epoch"]), int(videos), int(state["step"])
 
     def next_epoch(self) -> None:
-        self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch, self.videos = self.epoch + 1, 0
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -93,7 +103,13 @@ def write_meta(directory: Path, cfg: Config, meta: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    engine: DeepSpeedEngine, root: Path, position: DataPosition, cfg: Config, meta: dict[str, Any], keep: int
+    engine: DeepSpeedEngine,
+    view: torch.nn.Module,
+    root: Path,
+    position: DataPosition,
+    cfg: Config,
+    meta: dict[str, Any],
+    keep: int,
 ) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     rank = engine.global_rank
@@ -107,6 +123,8 @@ def save_checkpoint(
     engine.save_checkpoint(str(root), tag=tmp_tag, client_state={POSITION_KEY: state}, save_latest=False)
     tmp = root / tmp_tag
     torch.save(rng_state(), tmp / f"rng_rank{rank:05d}.pt")
+    if elastic.supported(engine, view):
+        elastic.save(engine, view, tmp)
     if rank == 0:
         write_meta(tmp, cfg, {**meta, **state})
     barrier()
@@ -145,33 +163,57 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 def check_resumable(directory: Path, cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
     """The meta of checkpoint `directory` once it is known to fit this run: same trainable modules
-    (task, preset, kind, matching), same classes and the same frozen tower. Returns that meta."""
+    (task, preset, kind, matching), same global batch, same classes and the same frozen tower."""
     previous = read_meta(directory)
-    saved = yaml.safe_load((directory / "config.yaml").read_text())["model"]
-    ours = to_dict(cfg)["model"]
+    saved_cfg = yaml.safe_load((directory / "config.yaml").read_text())
+    saved, ours = saved_cfg["model"], to_dict(cfg)["model"]
     differ = [f"model.{k}={saved.get(k)!r} there, {ours[k]!r} here" for k in _SHAPING if saved.get(k) != ours[k]]
+    saved_batch = saved_cfg["optim"]["batch_size"]
+    if saved_batch != cfg.optim.batch_size:  # the data position and the LR schedule count its steps
+        differ.append(f"optim.batch_size={saved_batch} there, {cfg.optim.batch_size} here")
     if previous["num_classes"] != meta["num_classes"]:
         differ.append(f"{previous['num_classes']} classes there, {meta['num_classes']} here")
     if differ:
-        raise UserError(f"checkpoint {directory} is of another model ({'; '.join(differ)}); resume with its config")
+        raise UserError(f"checkpoint {directory} does not fit this run ({'; '.join(differ)}); resume with its config")
     check_fingerprint(previous["backbone_fingerprint"], meta["backbone_fingerprint"])
     return previous
 
 
-def load_checkpoint(engine: DeepSpeedEngine, path: Path, position: DataPosition) -> None:
-    """Restore trainable state, optimizer, scheduler, this rank's RNG and the data position."""
-    # DeepSpeed asserts (no message) on a directory without its model-state files, e.g. an export.
-    load_path = None
-    if any(path.glob("*model_states.pt")):
-        load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name)
-    if load_path is None:
+def _layout(meta: dict[str, Any]) -> tuple[int, int, str]:
+    """What shapes DeepSpeed's files: data-parallel world size, ZeRO stage, precision."""
+    ds = meta["ds_config"]
+    precision = "fp16" if ds.get("fp16", {}).get("enabled") else "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
+    return meta["world_size"], int(ds.get("zero_optimization", {}).get("stage", 0)), precision
+
+
+def load_checkpoint(
+    engine: DeepSpeedEngine, view: torch.nn.Module, path: Path, position: DataPosition, meta: dict[str, Any]
+) -> bool:
+    """Restore trainable state, optimizer, scheduler, the data position and, at the same world size,
+    this rank's RNG. `meta` is this run's; returns whether DeepSpeed's own files were loaded (same
+    world size, ZeRO stage and precision as the writer) rather than the world-size-free elastic.pt."""
+    previous = read_meta(path)
+    if not any(path.glob("*model_states.pt")):  # DeepSpeed asserts (no message) on e.g. an export
         raise UserError(f"{path} holds no DeepSpeed training state: resume from checkpoints/step_*, not final/")
+    native = _layout(previous) == _layout(meta) or not elastic.supported(engine, view)
+    if native:
+        try:
+            load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name)
+        except Exception as e:  # DeepSpeed's own refusal (e.g. a partition count) is many lines
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise UserError(f"cannot resume {path} with DeepSpeed's files: {lines[-1]}") from e
+        if load_path is None:
+            raise UserError(f"{path}: DeepSpeed found no checkpoint to load")
+    else:
+        elastic.load(engine, view, path)
     rng_file = path / f"rng_rank{engine.global_rank:05d}.pt"
-    if rng_file.is_file():
+    if previous["world_size"] == meta["world_size"] and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    else:  # a different world size: the run continues, but not bitwise like the original
-        print(f"[s4v] warning: {rng_file.name} missing in {path} (world size changed?); RNG not restored")
-    position.load_state_dict(client[POSITION_KEY])
+    elif engine.global_rank == 0:  # per-rank streams (dropout) cannot map onto other ranks
+        print(f"[s4v] {path.name} was written by {previous['world_size']} rank(s): RNG streams start afresh")
+    videos_per_batch = previous["ds_config"]["train_micro_batch_size_per_gpu"] * previous["world_size"]
+    position.load_state_dict(previous, videos_per_batch)
+    return native
 
 
 def export_trainable(view: torch.nn.Module, directory: Path, cfg: Config, meta: dict[str, Any]) -> Path:

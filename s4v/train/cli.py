@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from s4v.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
+from s4v.preemption import EXIT_STOPPED
 
 DEBUG_HELP = f"{DEBUG_FLAG} (or {DEBUG_ENV}=1): show the traceback of a configuration or input error"
 
@@ -69,6 +70,8 @@ def train_main(argv: list[str]) -> int:
         result = train(cfg, args.ds, ds, args.resume)
     finally:
         shutdown_distributed()
+    if "stopped" in result:
+        return EXIT_STOPPED
     return 0 if result["steps"] > 0 else 1
 
 

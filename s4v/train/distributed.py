@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,6 +47,7 @@ def init_distributed(threads_per_rank: int = 0) -> DistInfo:
     import deepspeed.comm as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    _unlink_shm_buffer(rank)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
     accel = get_accelerator()
@@ -57,6 +59,19 @@ def init_distributed(threads_per_rank: int = 0) -> DistInfo:
         accel.set_device(local_rank)
         device = torch.device(accel.device_name(local_rank))
     return DistInfo(rank, world, local_rank, device)
+
+
+def _unlink_shm_buffer(rank: int) -> None:
+    """Remove this rank's name of DeepSpeed's CPU shared-memory all-reduce buffer.
+
+    DeepSpeed (csrc/cpu/comm/shm.cpp) creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<master addr>_
+    <master port>_<rank> (66 MB, when every rank is on one host) and never unlinks it: RAM lost per run.
+    Every rank has mapped every peer's buffer once the process group is up, so after a barrier the
+    names can go; the mappings live on until the processes exit, however they exit (SIGKILL included).
+    """
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    barrier()
+    Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}").unlink(missing_ok=True)
 
 
 def barrier() -> None:
@@ -90,15 +105,15 @@ def all_gather_objects(obj: object) -> list[object]:
     return out
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks of a small float tensor (losses for logging)."""
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a small tensor (losses for logging, stop and checkpoint votes)."""
     import torch.distributed as tdist
 
     if not tdist.is_initialized() or tdist.get_world_size() == 1:
         return values
     values = values.clone()
     tdist.all_reduce(values)
-    return values / tdist.get_world_size()
+    return values
 
 
 class _GatherWithGrad(torch.autograd.Function):

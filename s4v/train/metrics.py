@@ -83,8 +83,9 @@ class StepTimer:
 
 def flops_per_micro_batch(cfg: Config, model_factory: Callable[[torch.device], torch.nn.Module]) -> float:
     """FLOPs one rank executes for one micro-batch (forward + backward), counted on a meta-device copy
-    of the model built by `model_factory(device)` (no memory; seconds even for ViT-E)."""
-    data, b = cfg.data, cfg.data.batch_size
+    of the model built by `model_factory(device)` (no memory; seconds even for ViT-E). A micro-batch of
+    `data.batch_size` videos feeds the model `data.num_repeats` clips of each."""
+    data, b = cfg.data, cfg.data.batch_size * cfg.data.num_repeats
 
     def inputs(device: torch.device) -> tuple[torch.Tensor, ...]:
         video = torch.empty(b, data.num_frames, 3, data.image_size, data.image_size, device=device)

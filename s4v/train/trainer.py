@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,18 +22,17 @@ from s4v.config import Config, flatten, to_dict
 from s4v.data import build_loader
 from s4v.errors import UserError
 from s4v.perf import mfu, peak_flops
+from s4v.preemption import EXIT_STOPPED, CheckpointClock, StopRequest
+from s4v.progress import Progress, progress
 from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import DataPosition
-from s4v.train.distributed import all_reduce_mean, barrier, init_distributed
+from s4v.train.distributed import all_reduce_sum, barrier, init_distributed
 from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
 from s4v.train.guard import NonFiniteGuard
 from s4v.train.metrics import StepLog, StepTimer, flops_per_micro_batch, peak_memory_mb
 from s4v.train.tasks import Batch, Metrics, make_task
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -68,7 +68,7 @@ class Trainer:
                 f"{len(self.train_loader)} micro-batches per epoch < {self.plan.accumulation} accumulation steps: "
                 "lower optim.batch_size or data.batch_size"
             )
-        self.micro_per_epoch = self.steps_per_epoch * self.plan.accumulation
+        self.videos_per_epoch = self.steps_per_epoch * self.plan.global_batch  # the tail of the order is dropped
         self.max_steps = cfg.train.max_steps or cfg.optim.epochs * self.steps_per_epoch
         self.ds = resolve_ds_config(load_ds_config(ds_path, ds_overrides), cfg, self.plan)
         self.dtype = compute_dtype(self.ds)
@@ -106,10 +106,13 @@ class Trainer:
         if dist.is_main:
             self.log.truncate(self.position.step)  # drop steps a killed run logged after its last checkpoint
         self.last_eval: Metrics | None = None
-        self.bar: tqdm | None = None
+        self.bar: Progress | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64)
         self.guard = NonFiniteGuard(self.view, cfg.train.max_bad_steps, lambda: ckpt.latest_checkpoint(self.ckpt_root))
         self.lr = 0.0
+        self.stop = StopRequest()  # from here on a signal means "checkpoint, then exit"
+        self.clock = CheckpointClock(cfg.train.ckpt_every_minutes)
+        self.stopped = self.clock_due = False
 
     def _micro_batch_flops(self) -> float:
         """Counted on a meta copy built like the model (no weights file read, no feature gathering, not sharded)."""
@@ -131,7 +134,7 @@ class Trainer:
             print(f"[s4v] no checkpoint under {self.ckpt_root}; starting from scratch", flush=True)
             return None
         previous = ckpt.check_resumable(path, self.cfg, self.meta)
-        ckpt.load_checkpoint(self.engine, path, self.position)
+        ckpt.load_checkpoint(self.engine, self.view, path, self.position, self.meta)
         self.meta["mlflow_run_id"] = previous.get("mlflow_run_id")
         return path
 
@@ -164,40 +167,42 @@ class Trainer:
             )
 
     def train(self) -> dict[str, Any]:
-        """Epochs from the current position to the last one or to `train.max_steps`; then the export."""
+        """Epochs from the current position to the last one or to `train.max_steps`, then the export;
+        a stop signal ends it after a checkpoint of the current step instead (`result["stopped"]`)."""
         pos = self.position
-        while pos.epoch < self.cfg.optim.epochs and pos.step < self.max_steps:
+        while pos.epoch < self.cfg.optim.epochs and pos.step < self.max_steps and not self.stopped:
             self.start_epoch()
-            for batch in self.timer.batches(self.train_loader.iter_from(pos.batch)):
-                if pos.batch >= self.micro_per_epoch or pos.step >= self.max_steps:
+            for batch in self.timer.batches(self.train_loader.iter_from(pos.videos)):
+                if pos.videos >= self.videos_per_epoch or pos.step >= self.max_steps:
                     break
-                if self.train_step(batch):
-                    self.checkpoint_if_due()
+                if self.train_step(batch) and self.checkpoint_if_due():
+                    break
             if self.bar is not None:
                 self.bar.close()
-            if pos.step >= self.max_steps and pos.step - pos.epoch * self.steps_per_epoch < self.steps_per_epoch:
+            if self.stopped and pos.videos < self.videos_per_epoch:
+                break  # checkpoint_if_due saved this step
+            if pos.step >= self.max_steps and pos.videos < self.videos_per_epoch:
                 self.save()  # stopped by max_steps mid-epoch: a resumed run continues inside this epoch
                 break
             pos.next_epoch()
             self.save()
             every = self.cfg.train.eval_every_epochs
-            if every and (pos.epoch % every == 0 or pos.epoch == self.cfg.optim.epochs):
+            due = every and (pos.epoch % every == 0 or pos.epoch == self.cfg.optim.epochs)
+            if due and not self.stopped and not self._agree_stop():
                 self.evaluate()
-        return self.close()
+        self.stop.close()
+        finished = pos.step >= self.max_steps or pos.epoch >= self.cfg.optim.epochs
+        return self.close() if finished or not self.stopped else self.stop_here()
 
     def start_epoch(self) -> None:
         pos = self.position
         self.train_loader.set_epoch(pos.epoch)
         if self.dist.is_main and self.cfg.train.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.steps_per_epoch,
-                initial=pos.batch // self.plan.accumulation,
-                desc=f"epoch {pos.epoch + 1}",
-                unit="step",
-                dynamic_ncols=True,
-                leave=True,
+            self.bar = progress(
+                self.steps_per_epoch,
+                f"epoch {pos.epoch + 1}",
+                initial=pos.videos // self.plan.global_batch,
+                every_steps=self.cfg.train.log_every_steps,
             )
         self.loss_sum.zero_()
         self.timer = StepTimer(self.dist.device)  # an evaluation or a save between epochs is no step time
@@ -207,18 +212,24 @@ class Trainer:
         """Forward and backward of one micro-batch; DeepSpeed steps the optimizer after `accumulation`
         of them. Returns whether this micro-batch completed an optimizer step (which is then logged)."""
         batch = {**batch, "video": batch["video"].to(self.dist.device, self.dtype, non_blocking=True)}
-        if self.position.batch % self.plan.accumulation == 0:
+        micro = self.position.videos // self.train_loader.videos_per_batch  # of this epoch, at this world size
+        if micro % self.plan.accumulation == 0:
             self.guard.start_window()
         loss = self.task.loss(self.engine, batch, self.position.epoch)
         self.engine.backward(loss)
         self.engine.step()
         self.loss_sum += loss.detach().double().cpu()
-        self.guard.paths += [self.train_loader.records[i].path for i in batch["index"].tolist()]
-        self.position.batch += 1
-        if self.position.batch % self.plan.accumulation:
+        videos = batch["index"].unique_consecutive().tolist()  # a video's R repeated clips are adjacent
+        self.guard.paths += [self.train_loader.records[i].path for i in videos]
+        self.position.videos = self.train_loader.consumed
+        if (micro + 1) % self.plan.accumulation:
             return False
         self.position.step += 1
-        mean_loss = all_reduce_mean(self.loss_sum / self.plan.accumulation).item()  # collective
+        # One collective per step: the mean loss, and whether any rank was signalled to stop or is due
+        # a wall-clock checkpoint, so every rank takes the same decision.
+        local = [self.loss_sum.item() / self.plan.accumulation, self.stop.requested, self.clock.due]
+        totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        mean_loss, self.stopped, self.clock_due = totals[0] / self.dist.world_size, totals[1] > 0, totals[2] > 0
         if self.guard.is_bad(mean_loss, self.engine.was_step_applied(), self.dtype == torch.float16):
             self.guard.bad_step(self.position.step, mean_loss, self._report_skip)
         else:
@@ -243,7 +254,7 @@ class Trainer:
             "lr": self.lr,
             "step_s": step_s,
             "data_wait_s": wait_s,
-            "clips_per_s": self.plan.global_batch / step_s,
+            "clips_per_s": self.plan.global_batch * self.cfg.data.num_repeats / step_s,  # batches count videos
             "tflops": flops / 1e12,
             "mfu": mfu(self.flops_per_step, step_s, self.peak),
             "peak_mem_mb": peak_memory_mb(self.dist.device),
@@ -259,18 +270,44 @@ class Trainer:
         self.loss_sum.zero_()
         self.lr = self.engine.get_lr()[-1]
 
-    def checkpoint_if_due(self) -> None:
-        """Every `train.ckpt_every_steps` steps inside an epoch (epoch ends always save)."""
+    def checkpoint_if_due(self) -> bool:
+        """After a step: a checkpoint every `train.ckpt_every_steps` steps or `train.ckpt_every_minutes`
+        minutes inside an epoch (epoch ends always save), and one before a stop. Returns whether to stop."""
         every = self.cfg.train.ckpt_every_steps
-        if every and self.position.step % every == 0 and self.position.batch < self.micro_per_epoch:
+        pos = self.position
+        by_steps = every and pos.step % every == 0
+        if (by_steps or self.clock_due or self.stopped) and pos.videos < self.videos_per_epoch:
             self.save()
+        return self.stopped
+
+    def _agree_stop(self) -> bool:
+        """Collective: whether any rank has been signalled (checked before an evaluation, which may
+        outlast a launcher's grace time)."""
+        self.stopped = all_reduce_sum(torch.tensor([float(self.stop.requested)])).item() > 0
+        return self.stopped
 
     def save(self) -> Path:
         """Collective: a checkpoint of the current position."""
         self.guard.check_finite("a checkpoint", self.position.step)
-        return ckpt.save_checkpoint(
-            self.engine, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
+        path = ckpt.save_checkpoint(
+            self.engine, self.view, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
         )
+        self.clock.reset()
+        return path
+
+    def stop_here(self) -> dict[str, Any]:
+        """End of a stopped run: the checkpoint is written; tracking stays resumable, nothing is exported."""
+        name = "a signal to another rank" if self.stop.signal is None else signal.Signals(self.stop.signal).name
+        if self.dist.is_main:
+            print(
+                f"[s4v] stopped by {name} at step {self.position.step} (epoch {self.position.epoch}, "
+                f"{self.position.videos} videos in); checkpoint {ckpt.latest_checkpoint(self.ckpt_root)}; "
+                f"exit {EXIT_STOPPED}, continue with --resume",
+                flush=True,
+            )
+            self.tracker.finish("KILLED")
+        barrier()
+        return {"steps": self.position.step, "stopped": name, "wall_s": time.perf_counter() - self.t_start}
 
     def evaluate(self) -> Metrics:
         """Collective: evaluate on the validation split; rank 0 reports, prints and tracks the result."""
