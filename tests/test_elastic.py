@@ -200,6 +200,22 @@ def test_a_checkpoint_without_elastic_state_on_another_world_size_is_one_error_l
     assert len(errors) == 1 and "world size" in errors[0] and "Traceback" not in r.stderr
 
 
+def test_zero3_resumes_only_on_its_own_layout_and_says_so_in_one_line(synth: Path, tmp_path: Path) -> None:
+    """ZeRO-3 keeps AdamW's state where the per-parameter accessors do not reach it: no elastic.pt is
+    written, the same layout resumes through DeepSpeed's files, another one is refused in one line."""
+    run = tmp_path / "zero3"
+    _train(synth, run, 1, ZERO, "ds.zero_optimization.stage=3")
+    checkpoint = run / "checkpoints" / "step_00000002"
+    assert not (checkpoint / "elastic.pt").exists()
+    args = _overrides(synth, tmp_path / "out", 2, 12, "train.max_steps=3")
+    cmd = [sys.executable, "launch/train.py", "--ds", ZERO, "--resume", str(checkpoint), *args]
+    r = subprocess.run([*cmd, "ds.zero_optimization.stage=2"], cwd=REPO, capture_output=True, text=True, env=ENV)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "ZeRO-3" in errors[0], r.stderr[-2000:]
+    _run([*cmd, "ds.zero_optimization.stage=3"])
+    assert [m["lr"] for m in _metrics(tmp_path / "out")] == [_metrics(run)[2]["lr"]]
+
+
 def _rank_pids(launcher: int) -> list[int]:
     """The rank processes under a `deepspeed` runner (runner -> launcher -> ranks), by local rank."""
     import psutil
@@ -222,6 +238,8 @@ def test_a_stop_signal_checkpoints_the_step_and_a_resume_reads_the_rest_of_the_e
     the next step and ends the epoch at step 20."""
     out, port = tmp_path / "run", _port()
     args = _overrides(synth, out, 1, 2, "data.num_workers=1", "optim.epochs=1")
+    if target == "one-rank-SIGUSR1":  # wall-clock checkpoints too: 6 ms, so one after every step
+        args += ["train.ckpt_every_minutes=0.0001", "train.keep_checkpoints=100"]
     cmd = [*_launch(2, port), "launch/train.py", "--ds", "ds_configs/cpu.json", *args]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=ENV, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -253,7 +271,9 @@ def test_a_stop_signal_checkpoints_the_step_and_a_resume_reads_the_rest_of_the_e
     assert (meta["epoch"], meta["videos"], meta["step"]) == (0, 2 * stopped, stopped)
     assert not (out / "final").exists() and "Traceback" not in log
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
-    if name == "SIGUSR1":
+    if name == "SIGUSR1":  # every rank took each clock decision alike, or a save would have hung
+        saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+        assert saved == [f"step_{k:08d}" for k in range(1, stopped + 1)]
         return
     resumed = [a.replace("data.batch_size=1", "data.batch_size=2") for a in args]
     r = _run([sys.executable, "launch/train.py", "--ds", "ds_configs/cpu.json", *resumed, "--resume"])

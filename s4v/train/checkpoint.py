@@ -190,12 +190,20 @@ def load_checkpoint(
     engine: DeepSpeedEngine, view: torch.nn.Module, path: Path, position: DataPosition, meta: dict[str, Any]
 ) -> bool:
     """Restore trainable state, optimizer, scheduler, the data position and, at the same world size,
-    this rank's RNG. `meta` is this run's; returns whether DeepSpeed's own files were loaded (same
-    world size, ZeRO stage and precision as the writer) rather than the world-size-free elastic.pt."""
+    this rank's RNG. `meta` is this run's; returns whether DeepSpeed's own files were loaded (the writer's
+    world size, ZeRO stage and precision, or ZeRO-0 on both sides) rather than the world-size-free elastic.pt."""
     previous = read_meta(path)
     if not any(path.glob("*model_states.pt")):  # DeepSpeed asserts (no message) on e.g. an export
         raise UserError(f"{path} holds no DeepSpeed training state: resume from checkpoints/step_*, not final/")
-    native = _layout(previous) == _layout(meta) or not elastic.supported(engine, view)
+    written, ours = _layout(previous), _layout(meta)
+    # Without ZeRO, DeepSpeed's files are not partitioned: they load on any world size in the same precision.
+    native = written == ours or written[1:] == ours[1:] == (0, written[2])
+    if not native and not ((path / elastic.ELASTIC_FILE).is_file() and elastic.supported(engine, view)):
+        raise UserError(
+            f"{path} was written on {written[0]} rank(s) at ZeRO-{written[1]} in {written[2]} and holds no "
+            f"{elastic.ELASTIC_FILE} (ZeRO-3, or written before it) that {ours[0]} rank(s) at ZeRO-{ours[1]} "
+            f"in {ours[2]} could load: resume it on the world size and ds config that wrote it"
+        )
     if native:
         try:
             load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name)
