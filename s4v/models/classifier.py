@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from s4v.choices import BlockForm, TemporalImpl
 from s4v.models.backbone import FrozenBackbone
-from s4v.models.side import PAPER_SIDE, SideNetwork, SideOptions, batchnorm_tokens
+from s4v.models.side import PAPER_SIDE, SideNetwork, SideOptions, batchnorm_tokens, run_side_networks
 
 
 class RecognitionHead(nn.Module):
@@ -68,6 +70,40 @@ class Side4VideoClassifier(VideoClassifier):
         """(B, T, 3, H, W) CLIP-normalised frames -> logits (B, classes)."""
         s, _ = self.side(video, self.backbone)
         return self.head(self.side.head_tokens(s))
+
+
+class SideMember(nn.Module):
+    """One side network and its head: the trainable part of a Side4Video classifier."""
+
+    def __init__(self, side: SideNetwork, head: RecognitionHead) -> None:
+        super().__init__()
+        self.side, self.head = side, head
+
+    def logits(self, s: Tensor) -> Tensor:
+        return self.head(self.side.head_tokens(s))
+
+
+class SweepClassifier(VideoClassifier):
+    """K side networks with their heads on one frozen tower: one frozen pass per batch feeds them all
+    (`run_side_networks`). Members share no parameter, so each one's logits and gradients are those of the
+    Side4VideoClassifier made of its side network and head alone."""
+
+    def __init__(self, backbone: FrozenBackbone, members: Sequence[SideMember]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.members = nn.ModuleList(members)
+
+    @classmethod
+    def of(cls, models: Sequence[Side4VideoClassifier]) -> SweepClassifier:
+        """The sweep of models built on one tower (each keeps its side network and head; they are shared)."""
+        if len({id(m.backbone) for m in models}) != 1:
+            raise ValueError("a sweep's members must read the same frozen tower object")
+        return cls(models[0].backbone, [SideMember(m.side, m.head) for m in models])
+
+    def forward(self, video: Tensor) -> Tensor:
+        """(B, T, 3, H, W) -> logits (K, B, classes), member k in row k."""
+        sides, _ = run_side_networks([m.side for m in self.members], video, self.backbone)
+        return torch.stack([m.logits(s) for m, s in zip(self.members, sides, strict=True)])
 
 
 class MeanPoolProbe(VideoClassifier):

@@ -15,7 +15,7 @@ tables that compare with the paper's measurements.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -344,17 +344,16 @@ class SideNetwork(nn.Module):
 
     def forward(self, video: Tensor, backbone: nn.Module) -> tuple[Tensor, Tensor]:
         """Side output (B, T, N, d), or (B, T, 1 + N, d) with a [CLS] slot; the tower's last tokens (B*T, 1 + N, D)."""
+        (s,), x = run_side_networks([self], video, backbone)
+        return s, x
+
+    def first_tokens(self, video: Tensor) -> Tensor:
+        """The side tokens before the first block: the stem's, behind the extra [CLS] slot if there is one."""
         b, t = video.shape[:2]
         s = self.stem_tokens(video.to(self.stem.weight.dtype))
         if self.extra_cls is not None:
             s = torch.cat([self.extra_cls.to(s.dtype).expand(b, t, 1, -1), s], dim=2)
-        x = backbone.embed(video.flatten(0, 1))
-        readers = dict(zip(self.read_layers, self.blocks, strict=True))
-        for index in range(len(backbone.blocks)):
-            x = backbone.block(index, x)
-            if index in readers:
-                s = self.run_block(readers[index], s, x)
-        return s, x
+        return s
 
     def run_block(self, block: SideBlock, s: Tensor, frozen: Tensor) -> Tensor:
         if not self.checkpoint:
@@ -367,3 +366,19 @@ class SideNetwork(nn.Module):
     def head_tokens(self, s: Tensor) -> Tensor:
         """What the recognition head pools: every patch token (GAP) or the [CLS] slot."""
         return s[:, :, :1] if self.options.cls_slot else s
+
+
+def run_side_networks(sides: Sequence[SideNetwork], video: Tensor, backbone: nn.Module) -> tuple[list[Tensor], Tensor]:
+    """One frozen pass for any number of side networks: the tower steps layer by layer, and each side block
+    that reads layer i runs on it before layer i + 1 is computed, so one frozen layer's output is alive at a
+    time however many networks read it. Networks share nothing but the frozen features (a sweep's members,
+    or the one side network of a model). Returns each network's side output and the tower's last tokens."""
+    states = [side.first_tokens(video) for side in sides]
+    readers = [dict(zip(side.read_layers, side.blocks, strict=True)) for side in sides]
+    x = backbone.embed(video.flatten(0, 1))
+    for index in range(len(backbone.blocks)):
+        x = backbone.block(index, x)
+        for k, (side, blocks) in enumerate(zip(sides, readers, strict=True)):
+            if index in blocks:
+                states[k] = side.run_block(blocks[index], states[k], x)
+    return states, x

@@ -1,0 +1,157 @@
+"""What one frozen pass for K side networks saves: a K-member sweep step against K separate runs.
+
+    python benchmarks/sweep.py                 # CPU: B/16-light (random init), batch 2 x 8 frames, fp32
+    python benchmarks/sweep.py --device cuda   # the same on a GPU, bf16 autocast
+
+Members are B/16-light side networks with their heads (6 x 192), each its own seed, on one frozen tower
+(`s4v.models.classifier.SweepClassifier`: the tower steps layer by layer and every member's block that reads
+a layer runs on it before the next one). A step is forward, the members' summed losses, backward, one AdamW
+step over every member's parameters and zero_grad. "K separate runs" is K times the one-member step of
+`Side4VideoClassifier`, measured in the same process on the same tower and batch. FLOPs are counted on the
+meta device (forward + backward, a multiply-add = 2) for e14-light at 1 x 8 frames, 224 px, K = 1, 8, 16.
+Prints a markdown table and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from s4v.memory.step import Workload
+from s4v.models import create_model
+from s4v.models.classifier import Side4VideoClassifier, SweepClassifier
+from s4v.perf import train_step_flops
+
+GOAL_K4 = 2.5  # K=4 at least this much cheaper than 4 separate runs (CPU)
+GOAL_PER_MEMBER_K8 = 0.35  # cost per member at K=8, in one-member steps
+GOAL_FLOPS_K8 = 4.0  # e14-light: 8 separate runs' FLOPs over the 8-member sweep's
+
+
+def members_on(model: Side4VideoClassifier, k: int, classes: int, checkpoint: bool | None = None) -> SweepClassifier:
+    """`model`'s side network shape k times (seeds 1..k) on its tower; `checkpoint`: side-block recompute
+    (None: as `model`)."""
+    side = model.side
+    checkpoint = side.checkpoint if checkpoint is None else checkpoint
+    models = []
+    for seed in range(1, k + 1):
+        torch.manual_seed(seed)
+        member = Side4VideoClassifier(
+            model.backbone, side.dim, len(side.blocks), classes, form=side.form, side_checkpoint=checkpoint
+        )
+        models.append(member)
+    return SweepClassifier.of(models)
+
+
+def step_times(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor, steps: int, dtype) -> list[float]:
+    """Seconds of each of `steps` training steps after one warm-up step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    times = []
+    for i in range(steps + 1):
+        if video.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(video.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(video)
+        losses = logits.float() if logits.dim() == 3 else logits.float()[None]
+        sum(F.cross_entropy(member, labels) for member in losses).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if video.is_cuda:
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def sweep_flops(preset: str, ks: list[int], checkpoint: bool) -> dict[int, float]:
+    """Training-step FLOPs of `preset` sweeps at 1 x 8 frames, side blocks recomputed in backward or not;
+    the tower is built once on the meta device."""
+    meta = torch.device("meta")
+    base = create_model(preset, num_classes=174, device=meta)
+    size = base.backbone.shape.image_size
+
+    def inputs(device: torch.device) -> tuple[torch.Tensor, ...]:
+        return torch.empty(1, 8, 3, size, size, device=device), torch.zeros(1, dtype=torch.long, device=device)
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return sum(F.cross_entropy(member, batch[1]) for member in model(batch[0]))
+
+    flops = {}
+    for k in ks:
+        with meta:
+            sweep = members_on(base, k, 174, checkpoint)
+        flops[k] = train_step_flops(Workload(f"{preset} x{k}", lambda _, s=sweep: s, inputs, loss))
+    return flops
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--preset", default="b16-light", help="timed members' preset (tests: tiny)")
+    p.add_argument("--flops-preset", default="e14-light", help="preset whose sweeps' FLOPs are counted")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (median)")
+    p.add_argument("--out", type=Path, default=Path("outputs/sweep/sweep.json"))
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    torch.manual_seed(0)
+    one = create_model(args.preset, num_classes=174, device=device)
+    size = one.backbone.shape.image_size
+    video = torch.randn(2, 8, 3, size, size, device=device)
+    labels = torch.tensor([3, 7], device=device)
+    # The largest sweep first, untimed: a process's first steps pay for growing its heap, which would
+    # otherwise fall on whichever configuration runs first. Each sweep is timed right after a one-member
+    # run, and compared with it: a shared machine's speed drifts over minutes.
+    step_times(members_on(one, max(args.members), 174).to(device), video, labels, 0, dtype)
+    rows = []
+    for k in args.members:
+        single = statistics.median(step_times(one, video, labels, args.steps, dtype))
+        sweep = members_on(one, k, 174).to(device)
+        t = statistics.median(step_times(sweep, video, labels, args.steps, dtype))
+        rows.append({"members": k, "one_member_s": single, "sweep_s": t, "separate_s": k * single})
+        rows[-1] |= {"speedup": k * single / t, "per_member": t / (k * single)}
+        del sweep
+    single = statistics.median(r["one_member_s"] for r in rows)
+    flops = {ck: sweep_flops(args.flops_preset, [1, 8, 16], ck) for ck in (True, False)}
+    precision = "bf16" if dtype else "fp32"
+    print(f"\n{args.preset}, batch 2 x 8 frames, {device.type}, {precision}: one-member step {single:.2f} s (median)\n")
+    print("| members K | one-member step (s) | sweep step (s) | K separate runs (s) | speed-up | cost per member |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        cells = [f"{r[key]:.2f}" for key in ("one_member_s", "sweep_s", "separate_s")]
+        cells += [f"{r['speedup']:.2f}x", f"{r['per_member']:.3f}"]
+        print(f"| {r['members']} | {' | '.join(cells)} |")
+    k4 = next((r for r in rows if r["members"] == 4), None)
+    if k4:
+        print(f"\nspeed-up at K=4: {k4['speedup']:.2f}x (goal >= {GOAL_K4}x)")
+    k8 = next((r for r in rows if r["members"] == 8), None)
+    if k8:
+        print(f"cost per member at K=8: {k8['per_member']:.3f} of one run (goal <= {GOAL_PER_MEMBER_K8})")
+    print(f"\n{args.flops_preset}, 1 x 8 frames, counted training-step FLOPs (meta device):\n")
+    print("| side checkpointing | members K | sweep TFLOP | K separate runs TFLOP | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for ck, counts in flops.items():
+        for k, f in counts.items():
+            cells = [f"{f / 1e12:.2f}", f"{k * counts[1] / 1e12:.2f}", f"{k * counts[1] / f:.2f}x"]
+            print(f"| {'on' if ck else 'off'} | {k} | {' | '.join(cells)} |")
+    for ck, counts in flops.items():
+        ratio = 8 * counts[1] / counts[8]
+        print(f"FLOP ratio at K=8, side checkpointing {'on' if ck else 'off'}: {ratio:.2f}x (goal >= {GOAL_FLOPS_K8}x)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"preset": args.preset, "device": device.type, "one_member_s": single, "rows": rows}
+    doc["flops_preset"] = args.flops_preset
+    doc["flops"] = {("checkpointed" if ck else "plain"): {str(k): f for k, f in c.items()} for ck, c in flops.items()}
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
