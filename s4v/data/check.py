@@ -31,7 +31,7 @@ from PIL import Image
 from s4v.data.annotations import read_split
 from s4v.data.check_report import summarise, write_report
 from s4v.data.config import DataConfig, Format
-from s4v.data.decode import FRAME_EXTS, _declared_frames
+from s4v.data.decode import FRAME_EXTS, declared_frames
 from s4v.data.records import VideoRecord
 from s4v.errors import UserError
 from s4v.progress import progress
@@ -97,7 +97,7 @@ def _scan_stream(path: str, container: av.container.InputContainer, full: bool) 
     """Count the video packets, decoding the first frames (all with `full`) on the way."""
     stream = container.streams.video[0]
     stream.thread_type = "NONE"  # the pool parallelises over videos; codec threads only add overhead
-    declared = _declared_frames(stream, container)  # the loader's rule, so a video it probes fine passes here
+    declared = declared_frames(stream, container)  # the loader's rule, so a video it probes fine passes here
     packets = decoded = 0
     size: tuple[int, int] | None = None
     error = ""

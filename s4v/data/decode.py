@@ -55,7 +55,7 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
-def _declared_frames(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> int:
+def declared_frames(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> int:
     """Frame count the container promises, minus one frame of slack when derived from a duration."""
     if stream.frames:
         return int(stream.frames)
@@ -78,7 +78,7 @@ def probe(path: str, data: bytes | None = None) -> int:
             if not container.streams.video:
                 raise BadVideo(path, "no video stream")
             stream = container.streams.video[0]
-            declared = _declared_frames(stream, container)
+            declared = declared_frames(stream, container)
             count = sum(1 for pkt in container.demux(stream) if pkt.size)
     except av.FFmpegError as e:
         raise BadVideo(path, f"corrupt ({e.__class__.__name__}: {e})") from None

@@ -32,6 +32,7 @@ from s4v.errors import UserError
 from s4v.train import elastic
 from s4v.train.build import check_fingerprint
 from s4v.train.distributed import barrier
+from s4v.train.engine import compute_dtype
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -182,7 +183,7 @@ def check_resumable(directory: Path, cfg: Config, meta: dict[str, Any]) -> dict[
 def _layout(meta: dict[str, Any]) -> tuple[int, int, str]:
     """What shapes DeepSpeed's files: data-parallel world size, ZeRO stage, precision."""
     ds = meta["ds_config"]
-    precision = "fp16" if ds.get("fp16", {}).get("enabled") else "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
+    precision = str(compute_dtype(ds)).removeprefix("torch.")
     return meta["world_size"], int(ds.get("zero_optimization", {}).get("stage", 0)), precision
 
 

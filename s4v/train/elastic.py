@@ -58,11 +58,12 @@ def _has_state(opt: torch.optim.Optimizer) -> bool:
     return any(opt.state.get(p) for group in opt.param_groups for p in group["params"])
 
 
-def consolidated(engine: DeepSpeedEngine, view: nn.Module) -> dict[str, Any]:
+def consolidated(engine: DeepSpeedEngine, view: nn.Module, keep: bool = True) -> dict[str, Any]:
     """Collective: every rank calls it in the same order (the accessors all-reduce each tensor).
 
-    Returns, on every rank, fp32 master and moments per parameter name, each param group's step
-    count and lr, the scheduler's state and the engine's counters.
+    Returns fp32 master and moments per parameter name, each param group's step count and lr, the
+    scheduler's state and the engine's counters. With `keep=False` (the ranks that write nothing) each
+    gathered tensor is dropped at once instead of held: the masters and moments are then empty.
     """
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
@@ -70,16 +71,20 @@ def consolidated(engine: DeepSpeedEngine, view: nn.Module) -> dict[str, Any]:
     stepped = _has_state(opt)  # AdamW creates its state at the first applied step
     if partitioned and stepped:
         engine.optimizer._lazy_init_hp_params_optimizer_state()
-    master, moments = {}, {key: {} for key in MOMENTS}
-    for name, param in view.named_parameters():
+
+    def gathered(param: nn.Parameter, key: str | None) -> torch.Tensor:
+        """The full fp32 master (key None) or moment `key` of `param`; collective when partitioned."""
         if partitioned:
-            master[name] = safe_get_full_fp32_param(param).detach().cpu().clone()
-            for key in MOMENTS if stepped else ():
-                moments[key][name] = safe_get_full_optimizer_state(param, key).detach().cpu().clone()
-        else:
-            master[name] = param.detach().float().cpu().clone()
-            for key in MOMENTS if stepped else ():
-                moments[key][name] = opt.state[param][key].detach().cpu().clone()
+            return safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
+        return param.float() if key is None else opt.state[param][key]  # the parameters are the masters
+
+    master, moments = {}, {key: {} for key in MOMENTS}
+    targets = {None: master, **({key: moments[key] for key in MOMENTS} if stepped else {})}
+    for name, param in view.named_parameters():
+        for key, into in targets.items():  # the same order on every rank: the accessors are collectives
+            value = gathered(param, key)
+            if keep:
+                into[name] = value.detach().cpu().clone()
     steps = [_group_step(opt, group) for group in opt.param_groups]
     return {
         "format": FORMAT,
@@ -102,9 +107,10 @@ def _group_step(opt: torch.optim.Optimizer, group: dict[str, Any]) -> torch.Tens
 
 def save(engine: DeepSpeedEngine, view: nn.Module, directory: Path) -> None:
     """Collective; rank 0 writes `directory/elastic.pt` (a file every world size reads)."""
-    state = consolidated(engine, view)
-    state["module"] = {k: v.detach().cpu().clone() for k, v in view.state_dict().items()}
-    if engine.global_rank == 0:
+    writer = engine.global_rank == 0
+    state = consolidated(engine, view, keep=writer)
+    if writer:
+        state["module"] = {k: v.detach().cpu().clone() for k, v in view.state_dict().items()}
         tmp = directory / f".{ELASTIC_FILE}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, directory / ELASTIC_FILE)
