@@ -93,12 +93,26 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Side networks trained together on one frozen pass (`s4v.sweep`): a grid of dotted keys -> value
+    lists, and/or a list of override mappings. Empty: one member, the run itself."""
+
+    grid: dict[str, Any] = field(default_factory=dict)
+    members: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # `sweep.grid.optim.lr=[...]` on the command line nests the key; YAML may write it dotted.
+        self.grid = flatten(self.grid)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(root="data/synth"))
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -128,6 +142,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = build(Config, tree, "")
     check_preset(cfg)
     check_data(cfg)
+    from s4v.sweep import check_sweep, check_sweepable_run, resolve_members  # it builds on this module
+
+    check_sweep(cfg.sweep)
+    check_sweepable_run(cfg)
+    resolve_members(cfg)  # every member's config is checked as a run's own would be
     if cfg.train.ckpt_every_minutes < 0:
         raise UserError(
             f"train.ckpt_every_minutes: {cfg.train.ckpt_every_minutes} < 0 (0 turns wall-clock checkpoints off)"
@@ -273,6 +292,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise UserError(f"{name}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, name) for v, a in zip(value, args, strict=True))
+    if origin in (dict, list):  # free-form sections (the sweep), checked where they are read
+        if not isinstance(value, origin):
+            raise UserError(f"{name}: expected a {origin.__name__}, got {value!r}")
+        return origin(value)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string

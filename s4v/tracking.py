@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,64 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifacts", str(directory), artifact_path=artifact_path)
 
+    def log_artifact(self, path: str | Path) -> None:
+        self._call("log_artifact", str(path))
+
     def finish(self, status: str = "FINISHED") -> None:
         self._call("end_run", status=status)
+        self.active = False
+
+
+class ChildRun:
+    """A nested MLflow run under an active `Tracker`'s run (one per sweep member), written through
+    MlflowClient so the parent stays the active run; a no-op when the parent is inactive.
+    `run_id` continues an existing child (a resumed sweep)."""
+
+    def __init__(self, parent: Tracker, name: str, run_id: str | None = None) -> None:
+        self.parent, self.run_id, self.active = parent, None, False
+        if not parent.active:
+            return
+        try:
+            import mlflow
+
+            self.client = mlflow.MlflowClient(parent.uri)
+            if run_id is not None:
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+            else:
+                experiment = self.client.get_run(parent.run_id).info.experiment_id
+                tags = {"mlflow.parentRunId": parent.run_id}
+                self.run_id = self.client.create_run(experiment, tags=tags, run_name=name).info.run_id
+            self.active = True
+        except Exception as e:
+            self._warn(f"could not start MLflow child run {name!r} ({e!r})")
+
+    def _warn(self, what: str) -> None:
+        print(f"[s4v] warning: {what}; this member is not tracked further", file=sys.stderr, flush=True)
+        self.active = False
+
+    def _call(self, fn_name: str, *args: Any, **kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            getattr(self.client, fn_name)(self.run_id, *args, **kwargs)
+        except Exception as e:
+            self._warn(f"MLflow {fn_name} failed ({e!r})")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self._call("log_batch", params=[Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._call("log_batch", metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifacts", str(directory), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call("set_terminated", status)
         self.active = False

@@ -96,7 +96,18 @@ def test_recognition_task_loss_through_make_task() -> None:
 
     batch = {"video": torch.randn(2, 4, 3, 8, 8), "label": torch.tensor([1, 3]), "index": torch.tensor([0, 1])}
     expected = nn.functional.cross_entropy(model(batch["video"]), batch["label"])
-    torch.testing.assert_close(task.loss(model, batch, epoch=0), expected)
+    torch.testing.assert_close(task.loss(model, batch, epoch=0), expected[None])  # one member's loss
+
+
+def test_recognition_task_loss_of_a_sweep_is_each_members_own() -> None:
+    cfg = load_config(None, ["sweep.grid.optim.label_smoothing=[0.0,0.3]"])
+    task = make_task(cfg, torch.float32, torch.device("cpu"))
+    logits = torch.randn(2, 4, 5)  # (members, batch, classes)
+    batch = {"video": torch.zeros(4), "label": torch.tensor([1, 3, 0, 2]), "index": torch.arange(4)}
+    expected = [
+        nn.functional.cross_entropy(logits[k], batch["label"], label_smoothing=s) for k, s in enumerate((0.0, 0.3))
+    ]
+    torch.testing.assert_close(task.loss(lambda v: logits, batch, epoch=0), torch.stack(expected))
 
 
 def test_batch_sizes_that_do_not_divide_are_a_user_error() -> None:

@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from s4v.memory.runtime import AttentionKernel, GpuRuntime
 from s4v.memory.tracker import LiveMemory, SavedTensors
+from s4v.models.side import SideNetwork
 
 GiB = 1024**3
 
@@ -60,8 +61,9 @@ class Parallel:
       elements per rank: 1 partitions the optimizer states (fp32 master copy, Adam moments), 2 also the
       gradients (each reduce-scattered into the rank's slice once backward completes it), 3 also the
       weights (each parameter split like a frozen one, plus two gathered side blocks held for the whole
-      step: an upper bound of ZeRO-3's per-module gathers). Communication buckets are not replayed
-      (`s4v plan --reserve` is for them).
+      step: an upper bound of ZeRO-3's per-module gathers; a sweep's members run their blocks one at a
+      time, so two of its largest blocks). Communication buckets are not replayed (`s4v plan --reserve`
+      is for them).
     """
 
     ranks: int = 1
@@ -318,6 +320,11 @@ def _gather_blocks(blocks: nn.ModuleList) -> list[RemovableHandle]:
     return handles
 
 
+def _side_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of every side network: the model's one, or each sweep member's (they run one at a time)."""
+    return [block for m in model.modules() if isinstance(m, SideNetwork) for block in m.blocks]
+
+
 def _hold_shards(live: LiveMemory, tensors: list[nn.Parameter], ranks: int) -> list[Tensor]:
     """The rank's shards of `tensors` are allocated; the full tensors are not counted."""
     live.ignore(*tensors)
@@ -357,7 +364,7 @@ def account_step(
             hooks = _gather_blocks(model.backbone.blocks)
         if parallel.zero_stage >= 3:
             trainable_held = _hold_shards(live, trainable, parallel.ranks)
-            largest = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in model.side.blocks)
+            largest = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in _side_blocks(model))
             side_gathered = torch.empty(2 * largest, dtype=torch.uint8, device=device)
         live.track(*params, *model.buffers())
         opt = make_optimizer(trainable, precision, parallel)  # inside: fp32 master copies are allocations too

@@ -1,12 +1,13 @@
 """Workloads of the paper's memory tables: every method as a `Workload` at the paper's batch and frames.
 
 Method names: baselines (`full`, `frozen-meanpool`, `st-adapter`, `aim`, `evl`, `dist`), Side4Video
-(`ours-light`, `ours`, or `side4video` with explicit layers / dim and Table 9 options), retrieval
-(`clip4clip`, `clip4clip-frozen`, `ours-retrieval`).
+(`ours-light`, `ours`, or `side4video` with explicit layers / dim and Table 9 options; `members` K > 1: a
+sweep of K identical side networks on one tower), retrieval (`clip4clip`, `clip4clip-frozen`, `ours-retrieval`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from s4v.baselines import CLIP4Clip, build_baseline, input_frames
 from s4v.memory.step import Workload
 from s4v.models.architectures import BACKBONES, find_preset
+from s4v.models.classifier import SweepClassifier
 from s4v.models.presets import create_model, create_retrieval_model
 from s4v.models.retrieval import symmetric_info_nce
 from s4v.models.side import SideOptions
@@ -27,7 +29,11 @@ RETRIEVAL = ("clip4clip", "clip4clip-frozen", "ours-retrieval")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One row of a table: a method on a backbone at a batch size, plus Side4Video options."""
+    """One row of a table: a method on a backbone at a batch size, plus Side4Video options.
+
+    `members`: Side4Video side networks (with their heads) trained together on the one frozen tower
+    (`SweepClassifier`); 1 is the plain model.
+    """
 
     method: str
     backbone: str
@@ -35,16 +41,31 @@ class MethodSpec:
     frames: int = 8
     num_classes: int = 174
     options: dict = field(default_factory=dict)
+    members: int = 1
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError(f"members must be positive, got {self.members}")
+        if self.members > 1 and self.method not in SIDE4VIDEO:
+            raise ValueError(f"{self.method}: only Side4Video side networks share a tower as sweep members")
 
     @property
     def label(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.method}[{opts}]" if opts else self.method
+        label = f"{self.method}[{opts}]" if opts else self.method
+        return f"{self.members} x {label}" if self.members > 1 else label
 
 
 def _classification_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
     video, labels = inputs
     return F.cross_entropy(model(video).float(), labels, label_smoothing=0.1)
+
+
+def _sweep_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+    """The members train independently: the sum of their losses gives each one its own gradients."""
+    video, labels = inputs
+    logits = model(video).float()  # (K, B, classes)
+    return torch.stack([F.cross_entropy(z, labels, label_smoothing=0.1) for z in logits]).sum()
 
 
 def _retrieval_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
@@ -76,10 +97,19 @@ def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
     )
 
 
+def _sweep(spec: MethodSpec, device: torch.device) -> nn.Module:
+    """`spec.members` copies of the spec's Side4Video model on its one tower (the copies keep the backbone)."""
+    model = _side4video(spec, device)
+    if spec.members == 1:
+        return model
+    copies = [copy.deepcopy(model, memo={id(model.backbone): model.backbone}) for _ in range(spec.members - 1)]
+    return SweepClassifier.of([model, *copies])
+
+
 def _build(spec: MethodSpec, device: torch.device) -> nn.Module:
     m = spec.method
     if m in SIDE4VIDEO:
-        return _side4video(spec, device)
+        return _sweep(spec, device)
     if m in ("clip4clip", "clip4clip-frozen"):
         return CLIP4Clip(spec.backbone, spec.frames, freeze_visual=m.endswith("frozen"), device=device)
     if m == "ours-retrieval":
@@ -113,4 +143,5 @@ def workload(spec: MethodSpec) -> Workload:
             return video, torch.randint(1, 49407, (spec.batch, length), device=device)
         return video, torch.randint(0, spec.num_classes, (spec.batch,), device=device)
 
-    return Workload(spec.label, build, inputs, _retrieval_loss if retrieval else _classification_loss)
+    loss = _retrieval_loss if retrieval else _sweep_loss if spec.members > 1 else _classification_loss
+    return Workload(spec.label, build, inputs, loss)

@@ -66,24 +66,48 @@ def create_model(
     compile_frozen: CompileFrozen = "none",
     frozen_mesh: DeviceMesh | None = None,
     side_checkpoint: bool | None = None,
+    side_seed: int | None = None,
 ) -> VideoClassifier:
     """Build a recognition model on a frozen tower; weights of the tower from a local file if given.
 
     `side_layers` / `side_dim` / `side_options` change the preset's side network (Table 9, `s4v plan`);
     `compile_frozen` is the torch.compile mode of the frozen blocks (`FrozenBackbone`); `frozen_mesh` shards
     the frozen blocks over its ranks (`s4v.models.sharding`; None: each rank holds the whole tower);
-    `side_checkpoint` recomputes side blocks in backward (None: the preset's choice).
+    `side_checkpoint` recomputes side blocks in backward (None: the preset's choice); `side_seed` reseeds
+    torch's generator before the trainable modules are made, so their init does not depend on the tower's.
     """
     p = _checked_preset(preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    checkpoint_side = _side_checkpoint(p, kind, side_checkpoint)
     # Only the visual tower is made real (the text tower stays on the meta device), directly in frozen_dtype.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, ("visual",), _shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
-    with torch.device(device):
-        if kind == "meanpool":
+    if side_seed is not None:
+        torch.manual_seed(side_seed)
+    if kind == "meanpool":
+        with torch.device(device):
             return MeanPoolProbe(backbone, num_classes)
+    return side_classifier(
+        backbone, preset, num_classes, device, temporal_impl, dropout, side_layers, side_dim, side_options,
+        side_checkpoint,
+    )  # fmt: skip
+
+
+def side_classifier(
+    backbone: FrozenBackbone,
+    preset: str,
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    temporal_impl: TemporalImpl = "auto",
+    dropout: float | None = None,
+    side_layers: int | None = None,
+    side_dim: int | None = None,
+    side_options: SideOptions = PAPER_SIDE,
+    side_checkpoint: bool | None = None,
+) -> Side4VideoClassifier:
+    """A preset's side network and head on an existing tower (`create_model`'s; a sweep's further members)."""
+    p = _checked_preset(preset, "side4video", "recognition")
+    with torch.device(device):
         return Side4VideoClassifier(
             backbone,
             side_dim or p.side_dim,
@@ -93,7 +117,7 @@ def create_model(
             temporal_impl,
             side_options,
             p.tower.block_form,
-            checkpoint_side,
+            _side_checkpoint(p, "side4video", side_checkpoint),
         )
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from s4v.config import Config, check_preset
+from s4v.config import Config, SweepConfig, check_preset
 from s4v.errors import UserError
 from s4v.models import create_model, create_retrieval_model
+from s4v.models.classifier import SweepClassifier
+from s4v.models.presets import side_classifier
 from s4v.train.distributed import gather_with_grad
 
 
@@ -22,13 +27,22 @@ def frozen_mesh(cfg: Config, device: torch.device) -> DeviceMesh | None:
 
 
 def build_model(
-    cfg: Config, num_classes: int, device: torch.device, frozen_dtype: torch.dtype | None = None
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+    frozen_dtype: torch.dtype | None = None,
+    members: Sequence[Config] = (),
 ) -> nn.Module:
     """Seeded build: a random-init tower (no weights file) is the same on every rank and in eval.
 
     The frozen tower is made directly in `frozen_dtype` (the compute dtype; None: fp32) and, with
-    `model.shard_frozen` in a multi-rank job, sharded over the ranks.
+    `model.shard_frozen` in a multi-rank job, sharded over the ranks. The trainable modules are seeded
+    by `train.seed` again once the tower exists. With two or more `members` (a sweep's configs), the
+    tower is `cfg`'s and each member's side network and head are made as that member's run alone would
+    make them: a `SweepClassifier`.
     """
+    if len(members) > 1:
+        return _sweep_model(cfg, num_classes, device, frozen_dtype, members)
     check_preset(cfg)  # load_config checks it too; a Config built in code has not been through it
     name, temporal_impl = cfg.model.preset, cfg.model.temporal_impl
     common = {
@@ -49,7 +63,25 @@ def build_model(
         model = create_retrieval_model(name, matching=cfg.model.matching, **common)
         model.feature_gather = gather_with_grad  # negatives from every data-parallel rank's batch
         return model
-    return create_model(name, num_classes=num_classes, dropout=cfg.model.dropout, **common)
+    return create_model(name, num_classes=num_classes, dropout=cfg.model.dropout, side_seed=cfg.train.seed, **common)
+
+
+def _sweep_model(
+    cfg: Config, num_classes: int, device: torch.device, frozen_dtype: torch.dtype | None, members: Sequence[Config]
+) -> SweepClassifier:
+    """The tower of `cfg` (its seed, weights and dtype), then each member's side network and head."""
+    first = build_model(replace(cfg, sweep=SweepConfig()), num_classes, device, frozen_dtype)  # its side unused
+    models = []
+    for member in members:
+        torch.manual_seed(member.train.seed)
+        m = member.model
+        models.append(
+            side_classifier(
+                first.backbone, m.preset, num_classes, device, m.temporal_impl, m.dropout, m.side_layers, m.side_dim,
+                side_checkpoint=m.side_checkpoint,
+            )
+        )  # fmt: skip
+    return SweepClassifier.of(models)
 
 
 @torch.no_grad()

@@ -172,6 +172,9 @@ def check_resumable(directory: Path, cfg: Config, meta: dict[str, Any]) -> dict[
     saved_batch = saved_cfg["optim"]["batch_size"]
     if saved_batch != cfg.optim.batch_size:  # the data position and the LR schedule count its steps
         differ.append(f"optim.batch_size={saved_batch} there, {cfg.optim.batch_size} here")
+    saved_sweep = saved_cfg.get("sweep", {"grid": {}, "members": []})  # written before sweeps existed
+    if saved_sweep != to_dict(cfg)["sweep"]:  # the members' names, modules and optimizer groups
+        differ.append(f"sweep={saved_sweep} there, {to_dict(cfg)['sweep']} here")
     if previous["num_classes"] != meta["num_classes"]:
         differ.append(f"{previous['num_classes']} classes there, {meta['num_classes']} here")
     if differ:

@@ -80,7 +80,9 @@ def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="launch/eval.py", description="Multi-view evaluation of a trained checkpoint.", epilog=DEBUG_HELP
     )
-    p.add_argument("--checkpoint", required=True, help="run's final/ dir or a checkpoints/step_* dir")
+    p.add_argument(
+        "--checkpoint", required=True, help="run's final/ dir, a checkpoints/step_* dir, or a sweep's out_dir"
+    )
     p.add_argument("--views", default="1x1", help="CROPSxCLIPS, e.g. 3x2 (crops: 1 or 3)")
     p.add_argument("--out", default=None, help="report directory (default: <checkpoint>/eval_<views>)")
     p.add_argument(
@@ -94,10 +96,20 @@ def eval_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from s4v.config import check_paths, load_config
     from s4v.data.config import parse_views
+    from s4v.sweep import is_sweep_root
 
     directory = Path(args.checkpoint)
     if not directory.is_dir():
         raise UserError(f"--checkpoint {str(directory)!r}: no such directory")
+    if is_sweep_root(directory):
+        from s4v.train.distributed import shutdown_distributed
+        from s4v.train.eval_job import evaluate_sweep
+
+        try:
+            evaluate_sweep(directory, args.views, args.overrides, args.out, args.dtype)
+        finally:
+            shutdown_distributed()
+        return 0
     if not (directory / "config.yaml").is_file():
         raise UserError(
             f"--checkpoint {str(directory)!r}: not a checkpoint directory (no config.yaml); "

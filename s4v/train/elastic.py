@@ -70,6 +70,9 @@ def consolidated(engine: DeepSpeedEngine, view: nn.Module, keep: bool = True) ->
     opt, partitioned = base_optimizer(engine), _partitioned(engine)
     stepped = _has_state(opt)  # AdamW creates its state at the first applied step
     if partitioned and stepped:
+        # DeepSpeed links its fragments to AdamW's state once, after the first group's first step, so a
+        # later group (a sweep's next member, retrieval's CLIP parts) is left unlinked: link them all again.
+        engine.optimizer._hp_optimizer_states_linked = False
         engine.optimizer._lazy_init_hp_params_optimizer_state()
 
     def gathered(param: nn.Parameter, key: str | None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 
 from s4v.config import Config, OptimConfig
 from s4v.errors import UserError
+from s4v.sweep import is_sweep
 from s4v.train.distributed import DistInfo
 
 if TYPE_CHECKING:
@@ -175,12 +176,28 @@ def resolve_ds_config(ds: dict[str, Any], cfg: Config, plan: BatchPlan) -> dict[
                 "optim.clip_grad): drop the key from the JSON"
             )
     ds.update(derived)
+    if member_clipping(cfg, ds):  # SkippingAdamW clips each member by its own norm instead
+        ds["gradient_clipping"] = 0.0
+    check_sweep_layout(cfg, ds)
     if "optimizer" in ds or "scheduler" in ds:
         raise UserError("the DeepSpeed config must not define optimizer/scheduler: they come from the recipe")
     # ZeRO accepts client optimizers by exact type; ours is torch's AdamW plus a finite-gradient check
     # (SkippingAdamW), which ZeRO partitions like AdamW. Without this every ZeRO JSON fails at initialize.
     ds.setdefault("zero_allow_untested_optimizer", True)
     return ds
+
+
+def check_sweep_layout(cfg: Config, ds: dict[str, Any]) -> None:
+    """A sweep's members must step independently: refuse the layouts where DeepSpeed couples them."""
+    if not is_sweep(cfg):
+        return
+    if compute_dtype(ds) == torch.float16:
+        raise UserError(
+            "sweep: fp16 shares one dynamic loss scale, so one member's overflow would skip every member's "
+            "step; use bf16 (ds.bf16.enabled=true ds.fp16.enabled=false) or fp32"
+        )
+    if not member_clipping(cfg, ds):
+        raise UserError("sweep: ZeRO-3 regroups the members' parameters; use ZeRO stage 0, 1 or 2")
 
 
 def compute_dtype(ds: dict[str, Any]) -> torch.dtype:
@@ -203,34 +220,101 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+def member_clipping(cfg: Config, ds: dict[str, Any]) -> bool:
+    """Whether `optim.clip_grad` is applied per member by `SkippingAdamW` rather than by DeepSpeed.
+
+    Recognition members are one parameter group each, and ZeRO 0-2 hand every group to the optimizer
+    whole or as one slice per rank, so the group's norm is the member's; a retrieval model spans two
+    groups and ZeRO-3 regroups parameters, so those runs (one member) keep DeepSpeed's global clipping.
+    """
+    return cfg.model.task == "recognition" and int(ds.get("zero_optimization", {}).get("stage", 0)) < 3
+
+
+def _member_group(params: list[nn.Parameter], optim: OptimConfig, member: int, clip: bool) -> dict[str, Any]:
+    return {
+        "params": params,
+        "lr": optim.lr,
+        "weight_decay": optim.weight_decay,
+        "betas": optim.betas,
+        "eps": optim.eps,
+        "clip_grad": optim.clip_grad if clip else 0.0,
+        "member": member,
+    }
+
+
+def build_optimizer(model: nn.Module, optims: list[OptimConfig], clip: bool) -> SkippingAdamW:
     """AdamW over the trainable parameters only (weight decay on all of them, as in the reference).
 
-    A model with pretrained trainable parts (retrieval: CLIP text tower, projection) gets two groups.
+    One parameter group per member (a sweep: `model.members`), with the member's recipe; `clip`: the
+    group carries the member's `clip_grad` (see `member_clipping`). A model with pretrained trainable
+    parts (retrieval: CLIP text tower, projection) gets two groups for its one member.
     """
-    params = model.trainable_parameters()
-    if optim.clip_lr is not None and hasattr(model, "parameter_groups"):
-        params = model.parameter_groups(optim.clip_lr, optim.lr)
+    optim = optims[0]
+    if hasattr(model, "members"):
+        groups = [
+            _member_group(list(m.parameters()), o, k, clip)
+            for k, (m, o) in enumerate(zip(model.members, optims, strict=True))
+        ]
+    elif optim.clip_lr is not None and hasattr(model, "parameter_groups"):
+        groups = [{**g, "member": 0, "clip_grad": 0.0} for g in model.parameter_groups(optim.clip_lr, optim.lr)]
+    else:
+        groups = [_member_group(model.trainable_parameters(), optim, 0, clip)]
     return SkippingAdamW(
-        params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, foreach=False
+        groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, foreach=False
     )
 
 
 class SkippingAdamW(torch.optim.AdamW):
-    """AdamW that refuses a step whose gradients are not all finite and reports it through `overflow`.
+    """AdamW whose parameter groups are members stepped independently: a group whose gradients are not all
+    finite, or whose member is in `skip`, is left alone (weights and moments), and a group with a
+    `clip_grad` is clipped by its own norm.
 
-    `overflow` is what DeepSpeed reads after every optimizer step: when it is set, DeepSpeed leaves the
-    LR scheduler alone, counts a skipped step and `engine.was_step_applied()` is False. Its fp16, bf16 and
-    ZeRO optimizers check gradients themselves; a plain fp32 optimizer (ZeRO 0) relies on this one.
+    `overflow` (every group refused) is what DeepSpeed reads after every optimizer step: when it is set,
+    DeepSpeed leaves the LR scheduler alone, counts a skipped step and `engine.was_step_applied()` is False.
+    Its fp16, bf16 and ZeRO optimizers also check gradients themselves, over all groups at once. Under ZeRO
+    1-2 each rank holds a slice of every group (`partitioned`), so norms and flags are summed over ranks.
     """
 
     overflow = False
 
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.partitioned = False
+        self.skip: set[int] = set()  # members refused this step (the trainer: non-finite loss, failed)
+        self.bad: set[int] = set()  # members found with non-finite gradients (the trainer clears it)
+
+    def _admit(self, group: dict[str, Any]) -> bool:
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        device = group["params"][0].device
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # [squared norm, non-finite count]
+        for g in grads:
+            sums[0] += g.double().square().sum()
+            sums[1] += (~torch.isfinite(g)).sum()
+        if self.partitioned:
+            torch.distributed.all_reduce(sums)
+        member = group.get("member", 0)
+        if sums[1] > 0:
+            self.bad.add(member)
+        if sums[1] > 0 or member in self.skip:
+            return False
+        clip, norm = group.get("clip_grad", 0.0), float(sums[0].sqrt())
+        if clip > 0 and norm > clip:  # torch's clip_grad_norm_ coefficient, on this member's norm alone
+            for g in grads:
+                g.mul_(clip / (norm + 1e-6))
+        return True
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self.overflow = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-        return None if self.overflow else super().step(closure)
+        groups = self.param_groups
+        admitted = [g for g in groups if self._admit(g)]
+        self.overflow = len(admitted) < len(groups) and not admitted
+        if not admitted:
+            return None
+        self.param_groups = admitted  # AdamW steps the groups it is given; the refused keep their state
+        try:
+            return super().step(closure)
+        finally:
+            self.param_groups = groups
 
 
 @torch.no_grad()
@@ -247,21 +331,31 @@ def clamp_parameter(param: nn.Parameter, max_value: float) -> None:
 
 
 def build_engine(
-    model: nn.Module, cfg: Config, ds: dict[str, Any], dist: DistInfo, steps_per_epoch: int
-) -> tuple[DeepSpeedEngine, TrainableView]:
-    """deepspeed.initialize on the trainable view, with our AdamW and warmup-cosine schedule."""
+    model: nn.Module,
+    cfg: Config,
+    ds: dict[str, Any],
+    dist: DistInfo,
+    steps_per_epoch: int,
+    members: list[Config] | None = None,
+) -> tuple[DeepSpeedEngine, TrainableView, SkippingAdamW]:
+    """deepspeed.initialize on the trainable view, with our AdamW (a group per member of `members`, a
+    sweep's configs; None: `cfg` alone) and warmup-cosine schedules."""
     import deepspeed
 
     dtype = compute_dtype(ds)
     if dtype == torch.float16 and dist.device.type == "cpu":
         raise UserError("fp16 is not supported by DeepSpeed on CPU: use bf16 or fp32 (ds_configs/cpu.json)")
     view = prepare_for_dtype(model, dtype)
-    optimizer = build_optimizer(model, cfg.optim)
+    optims = [m.optim for m in members] if members else [cfg.optim]
+    optimizer = build_optimizer(model, optims, member_clipping(cfg, ds))
     total = max(1, cfg.optim.epochs * steps_per_epoch)
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    min_ratio = cfg.optim.min_lr / cfg.optim.lr if cfg.optim.lr else 0.0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, min_ratio))
+    schedules = [
+        warmup_cosine(total, round(o.warmup_epochs * steps_per_epoch), o.min_lr / o.lr if o.lr else 0.0)
+        for o in (optims[group["member"]] for group in optimizer.param_groups)
+    ]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     engine, _, _, _ = deepspeed.initialize(
         model=view, optimizer=optimizer, lr_scheduler=scheduler, config=ds, dist_init_required=False
     )
-    return engine, view
+    optimizer.partitioned = engine.zero_optimization_stage() > 0 and dist.world_size > 1
+    return engine, view, optimizer

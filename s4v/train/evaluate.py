@@ -19,28 +19,30 @@ def predict(
     forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict], dtype: torch.dtype
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices, labels, probabilities) of this rank's share; views are folded into the batch and their
-    softmax probabilities averaged (the usual multi-view protocol)."""
+    softmax probabilities averaged (the usual multi-view protocol). Logits (K, B, C) of a sweep's K members
+    give probabilities (K, N, C): the videos are on the second axis."""
     idx, labels, probs = [], [], []
     for batch in batches:
         video = batch["video"]
         views = video.shape[1] if video.dim() == 6 else 1
         flat = video.flatten(0, 1) if views > 1 else video
         logits = forward(flat.to(dtype)).float()
-        p = logits.softmax(-1).view(video.shape[0], views, -1).mean(1)
+        p = logits.softmax(-1).unflatten(-2, (video.shape[0], views)).mean(-2)
         probs.append(p.cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
         idx.append(batch["index"].cpu().numpy())
     if not probs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return np.concatenate(idx), np.concatenate(labels), np.concatenate(probs)
+    return np.concatenate(idx), np.concatenate(labels), np.concatenate(probs, axis=-2)
 
 
 def gather_predictions(idx: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All ranks' (labels, probabilities), ordered by dataset index."""
+    """All ranks' (labels, probabilities), ordered by dataset index (probabilities: videos on axis -2)."""
     parts = [p for p in all_gather_objects((idx, labels, probs)) if len(p[0])]
     idx = np.concatenate([p[0] for p in parts])
     order = np.argsort(idx, kind="stable")
-    return np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
+    probs = np.concatenate([p[2] for p in parts], axis=-2)
+    return np.concatenate([p[1] for p in parts])[order], probs[..., order, :]
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:

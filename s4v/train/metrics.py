@@ -47,7 +47,10 @@ class StepLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **record}) + "\n")
         if step % self.every == 0:  # a skipped step's non-finite loss stays in metrics.jsonl only
-            finite = {k: v for k, v in record.items() if k != "epoch" and v is not None and math.isfinite(v)}
+            # A sweep's per-member keys (`loss/<member>`) go to the members' own MLflow runs instead.
+            finite = {
+                k: v for k, v in record.items() if k != "epoch" and "/" not in k and v is not None and math.isfinite(v)
+            }
             self.tracker.log_metrics({f"train/{k}": v for k, v in finite.items()}, step)
 
 
@@ -96,6 +99,7 @@ def flops_per_micro_batch(cfg: Config, model_factory: Callable[[torch.device], t
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if cfg.model.task == "retrieval":
             return symmetric_info_nce(model(*batch))
-        return F.cross_entropy(model(batch[0]), batch[1])
+        logits = model(batch[0])  # a sweep's (K, B, classes): K members' losses, summed
+        return F.cross_entropy(logits.flatten(0, -2), batch[1].repeat(logits.numel() // logits.shape[-1] // b))
 
     return train_step_flops(Workload("train", model_factory, inputs, loss))

@@ -21,6 +21,7 @@ from s4v.data.loader import VideoLoader
 from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
 from s4v.models.retrieval import MAX_LOGIT_SCALE, symmetric_info_nce
+from s4v.sweep import resolve_members
 from s4v.train import evaluate as recognition
 from s4v.train import retrieval
 from s4v.train.engine import clamp_parameter
@@ -37,11 +38,13 @@ class Task(Protocol):
     """
 
     def loss(self, model: Callable[..., torch.Tensor], batch: Batch, epoch: int) -> torch.Tensor:
-        """Training loss of one micro-batch whose "video" is already on the device in the compute dtype."""
+        """Training losses (K,) of one micro-batch, one per member (K = 1 without a sweep); "video" is
+        already on the device in the compute dtype."""
         ...
 
-    def evaluate(self, model: nn.Module, loader: VideoLoader) -> Metrics:
-        """Collective: every rank evaluates its shard of `loader`; rank 0's result holds all of them."""
+    def evaluate(self, model: nn.Module, loader: VideoLoader) -> list[Metrics]:
+        """Collective: every rank evaluates its shard of `loader`; rank 0's results (one per member, from
+        one frozen pass) hold all of them."""
         ...
 
     def summary(self, metrics: Metrics) -> str: ...
@@ -65,22 +68,30 @@ class RecognitionTask:
     """Label-smoothed cross-entropy; multi-view top-1/top-5, per-class accuracy, confusion matrix."""
 
     def __init__(self, cfg: Config, dtype: torch.dtype, device: torch.device) -> None:
-        self.label_smoothing, self.dtype, self.device = cfg.optim.label_smoothing, dtype, device
+        # Each member's own smoothing (a sweep may vary it).
+        self.label_smoothing = [m.cfg.optim.label_smoothing for m in resolve_members(cfg)]
+        self.dtype, self.device = dtype, device
 
     def loss(self, model: Callable[..., torch.Tensor], batch: Batch, epoch: int) -> torch.Tensor:
         logits = model(batch["video"])
+        logits = logits if logits.dim() == 3 else logits[None]  # (K, B, classes): K members, or the one
         label = batch["label"].to(logits.device)
-        return F.cross_entropy(logits.float(), label, label_smoothing=self.label_smoothing)
+        return torch.stack(
+            [
+                F.cross_entropy(member.float(), label, label_smoothing=s)
+                for member, s in zip(logits, self.label_smoothing, strict=True)
+            ]
+        )
 
-    def evaluate(self, model: nn.Module, loader: VideoLoader) -> Metrics:
+    def evaluate(self, model: nn.Module, loader: VideoLoader) -> list[Metrics]:
         was_training = model.training
         model.eval()
         idx, labels, probs = recognition.predict(lambda v: model(v.to(self.device)), loader, self.dtype)
         model.train(was_training)
         labels, probs = recognition.gather_predictions(idx, labels, probs)
-        metrics = recognition.classification_metrics(labels, probs, list(loader.classes))
-        metrics["views"] = _views(loader)
-        return metrics
+        classes = list(loader.classes)
+        per_member = probs if probs.ndim == 3 else probs[None]
+        return [recognition.classification_metrics(labels, p, classes) | {"views": _views(loader)} for p in per_member]
 
     def summary(self, metrics: Metrics) -> str:
         return recognition.summary(metrics)
@@ -124,13 +135,13 @@ class RetrievalTask:
             raise RuntimeError("RetrievalTask built without a training loader cannot compute a training loss")
         video = batch["video"]
         tokens = self.train_tokens.sample(batch["index"], epoch).to(video.device)
-        return symmetric_info_nce(model(video, tokens).float())
+        return symmetric_info_nce(model(video, tokens).float())[None]  # one member (no retrieval sweeps)
 
-    def evaluate(self, model: nn.Module, loader: VideoLoader) -> Metrics:
+    def evaluate(self, model: nn.Module, loader: VideoLoader) -> list[Metrics]:
         if self.val_tokens is None or self.val_tokens.captions is not loader.captions:
             self.val_tokens = self._tokens(loader)
         metrics = retrieval.evaluate_retrieval(model, loader, self.val_tokens, self.dtype, self.device)
-        return metrics | {"views": _views(loader)}
+        return [metrics | {"views": _views(loader)}]
 
     def summary(self, metrics: Metrics) -> str:
         return retrieval.summary(metrics)

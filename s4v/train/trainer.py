@@ -8,6 +8,7 @@ loop, and the steps it is made of (a micro-batch, a checkpoint, an evaluation, t
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -24,6 +25,7 @@ from s4v.errors import UserError
 from s4v.perf import mfu, peak_flops
 from s4v.preemption import EXIT_STOPPED, CheckpointClock, StopRequest
 from s4v.progress import Progress, progress
+from s4v.sweep import resolve_members
 from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
@@ -31,6 +33,7 @@ from s4v.train.checkpoint import DataPosition
 from s4v.train.distributed import all_reduce_sum, barrier, init_distributed
 from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
 from s4v.train.guard import NonFiniteGuard
+from s4v.train.members import Members
 from s4v.train.metrics import StepLog, StepTimer, flops_per_micro_batch, peak_memory_mb
 from s4v.train.tasks import Batch, Metrics, make_task
 
@@ -74,9 +77,13 @@ class Trainer:
         self.dtype = compute_dtype(self.ds)
 
         self.task = make_task(cfg, self.dtype, dist.device, self.train_loader)
-        self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype)
+        self.member_cfgs = [m.cfg for m in resolve_members(cfg)]
+        self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype, self.member_cfgs)
         fingerprint = backbone_fingerprint(self.model)
-        self.engine, self.view = build_engine(self.model, cfg, self.ds, dist, self.steps_per_epoch)
+        self.engine, self.view, self.optimizer = build_engine(
+            self.model, cfg, self.ds, dist, self.steps_per_epoch, self.member_cfgs
+        )
+        self.members = Members(cfg, self.model, self.view)
         self.flops_per_step = self.plan.accumulation * self._micro_batch_flops()
         self.peak = peak_flops(dist.device, self.dtype)
         self.timer = StepTimer(dist.device)
@@ -90,6 +97,11 @@ class Trainer:
             "ds_config": self.ds,
         }
         self.position = DataPosition()
+        self.guard = NonFiniteGuard(
+            self.members.modules, self.members.names, cfg.train.max_bad_steps,
+            lambda: ckpt.latest_checkpoint(self.ckpt_root),
+        )  # fmt: skip
+        self.guard.failed = self.members.failures  # one record of who failed (restored on resume)
         resumed_from = self._resume(resume)
         self.tracker = Tracker(
             cfg.tracking.enabled and dist.is_main,
@@ -101,15 +113,15 @@ class Trainer:
             run_id=self.meta.get("mlflow_run_id"),
         )
         self.meta["mlflow_run_id"] = self.tracker.run_id
+        self.members.start_tracking(self.tracker, self.members.load_state(self.meta.get("members")), not resumed_from)
         self._announce(resumed_from)
         self.log = StepLog(self.out / "metrics.jsonl", self.tracker, cfg.train.log_every_steps, dist.is_main)
         if dist.is_main:
             self.log.truncate(self.position.step)  # drop steps a killed run logged after its last checkpoint
-        self.last_eval: Metrics | None = None
+        self.last_eval: list[Metrics] | None = None
         self.bar: Progress | None = None
-        self.loss_sum = torch.zeros((), dtype=torch.float64)
-        self.guard = NonFiniteGuard(self.view, cfg.train.max_bad_steps, lambda: ckpt.latest_checkpoint(self.ckpt_root))
-        self.lr = 0.0
+        self.loss_sum = torch.zeros(len(self.members), dtype=torch.float64)
+        self.lr = [0.0] * len(self.members)
         self.stop = StopRequest()  # from here on a signal means "checkpoint, then exit"
         self.clock = CheckpointClock(cfg.train.ckpt_every_minutes)
         self.stopped = self.clock_due = False
@@ -119,7 +131,7 @@ class Trainer:
         cfg = replace(self.cfg, model=replace(self.cfg.model, checkpoint=None, shard_frozen=False))
 
         def meta_model(device: torch.device) -> torch.nn.Module:
-            model = build_model(cfg, self.train_loader.num_classes, device)
+            model = build_model(cfg, self.train_loader.num_classes, device, members=self.member_cfgs)
             if hasattr(model, "feature_gather"):
                 model.feature_gather = None
             return model
@@ -136,6 +148,7 @@ class Trainer:
         previous = ckpt.check_resumable(path, self.cfg, self.meta)
         ckpt.load_checkpoint(self.engine, self.view, path, self.position, self.meta)
         self.meta["mlflow_run_id"] = previous.get("mlflow_run_id")
+        self.meta["members"] = previous.get("members")
         return path
 
     def _announce(self, resumed_from: Path | None) -> None:
@@ -206,7 +219,12 @@ class Trainer:
             )
         self.loss_sum.zero_()
         self.timer = StepTimer(self.dist.device)  # an evaluation or a save between epochs is no step time
-        self.lr = self.engine.get_lr()[-1]  # the new modules' lr (retrieval: CLIP parts are group 0)
+        self.lr = self._member_lrs()
+
+    def _member_lrs(self) -> list[float]:
+        """Each member's lr: its group's (retrieval's one member: the new modules, after the CLIP parts)."""
+        lrs = self.engine.get_lr()
+        return lrs[-1:] if len(self.members) == 1 else lrs
 
     def train_step(self, batch: Batch) -> bool:
         """Forward and backward of one micro-batch; DeepSpeed steps the optimizer after `accumulation`
@@ -215,43 +233,81 @@ class Trainer:
         micro = self.position.videos // self.train_loader.videos_per_batch  # of this epoch, at this world size
         if micro % self.plan.accumulation == 0:
             self.guard.start_window()
-        loss = self.task.loss(self.engine, batch, self.position.epoch)
-        self.engine.backward(loss)
+        losses = self.task.loss(self.engine, batch, self.position.epoch)  # (K,): one per member
+        finite = torch.isfinite(losses).tolist()
+        # A member's non-finite loss (or a failed member's) is replaced by a zero one, so its gradients
+        # are zeros, never NaN: the members' backward passes stay apart and DeepSpeed sees finite grads.
+        total = sum(
+            losses[k] if finite[k] and k not in self.guard.failed else self.members.zero_loss(k)
+            for k in range(len(self.members))
+        )
+        self.engine.backward(total)
+        self.loss_sum += losses.detach().double().cpu()
+        boundary = (micro + 1) % self.plan.accumulation == 0
+        if boundary:
+            mean_losses = self._reduce_step()
+            self.optimizer.bad = set()
+            self.optimizer.skip = {k for k, v in enumerate(mean_losses) if not math.isfinite(v)} | set(
+                self.guard.failed
+            )
         self.engine.step()
-        self.loss_sum += loss.detach().double().cpu()
         videos = batch["index"].unique_consecutive().tolist()  # a video's R repeated clips are adjacent
         self.guard.paths += [self.train_loader.records[i].path for i in videos]
         self.position.videos = self.train_loader.consumed
-        if (micro + 1) % self.plan.accumulation:
+        if not boundary:
             return False
         self.position.step += 1
-        # One collective per step: the mean loss, and whether any rank was signalled to stop or is due
-        # a wall-clock checkpoint, so every rank takes the same decision.
-        local = [self.loss_sum.item() / self.plan.accumulation, self.stop.requested, self.clock.due]
-        totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
-        mean_loss, self.stopped, self.clock_due = totals[0] / self.dist.world_size, totals[1] > 0, totals[2] > 0
-        if self.guard.is_bad(mean_loss, self.engine.was_step_applied(), self.dtype == torch.float16):
-            self.guard.bad_step(self.position.step, mean_loss, self._report_skip)
-        else:
-            self.guard.good_step()
-            self.task.after_step(self.model)
-        self._log_step(mean_loss)
+        self._after_step(mean_losses)
+        self._log_step(mean_losses)
         return True
 
-    def _report_skip(self, message: str, skipped: int) -> None:
+    def _reduce_step(self) -> list[float]:
+        """One collective per step: the members' mean losses, and whether any rank was signalled to stop
+        or is due a wall-clock checkpoint, so every rank takes the same decisions."""
+        local = [*(self.loss_sum / self.plan.accumulation).tolist(), self.stop.requested, self.clock.due]
+        totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        self.stopped, self.clock_due = totals[-2] > 0, totals[-1] > 0
+        return [t / self.dist.world_size for t in totals[:-2]]
+
+    def _after_step(self, mean_losses: list[float]) -> None:
+        """Per member: a bad step is skipped (its statistics restored), too many and it has failed."""
+        applied = self.engine.was_step_applied()
+        bad = self.guard.bad_members(mean_losses, self.optimizer.bad, applied, self.dtype == torch.float16)
+        for k in self.guard.failed:  # a failed member's forwards still ran: keep its last good statistics
+            self.guard.restore(k)
+        try:
+            newly_failed = self.guard.bad_step(self.position.step, bad, mean_losses, self._report_skip) if bad else []
+        except UserError:
+            if self.dist.is_main:
+                self.tracker.finish("FAILED")
+            raise
+        for k in newly_failed:
+            self._member_failed(k)
+        self.guard.good_steps([k for k in range(len(self.members)) if k not in bad])
+        if len(bad) + len(self.guard.failed) < len(self.members) + len(newly_failed):
+            self.task.after_step(self.model)
+
+    def _member_failed(self, k: int) -> None:
+        why = self.guard.failed[k]
+        self.members.fail(k)
+        if self.dist.is_main:
+            left = len(self.members) - len(self.guard.failed)
+            print(f"[s4v] member {self.members.names[k]} failed: {why}; {left} member(s) train on", flush=True)
+
+    def _report_skip(self, message: str) -> None:
         if self.dist.is_main:
             print(f"[s4v] {message}", flush=True)
-            self.tracker.log_metrics({"train/skipped_steps": skipped}, self.position.step)
-            if self.guard.consecutive >= self.guard.limit:
-                self.tracker.finish("FAILED")
+            self.tracker.log_metrics({"train/skipped_steps": sum(self.guard.skipped)}, self.position.step)
 
-    def _log_step(self, mean_loss: float) -> None:
+    def _log_step(self, mean_losses: list[float]) -> None:
         step_s, wait_s = self.timer.lap()
         flops = self.flops_per_step / step_s  # this rank's achieved FLOP/s
+        active = [k for k in range(len(self.members)) if k not in self.guard.failed] or [0]
+        mean_loss = sum(mean_losses[k] for k in active) / len(active)
         record = {
             "epoch": self.position.epoch,
             "loss": mean_loss,
-            "lr": self.lr,
+            "lr": self.lr[active[0]],
             "step_s": step_s,
             "data_wait_s": wait_s,
             "clips_per_s": self.plan.global_batch * self.cfg.data.num_repeats / step_s,  # batches count videos
@@ -259,16 +315,24 @@ class Trainer:
             "mfu": mfu(self.flops_per_step, step_s, self.peak),
             "peak_mem_mb": peak_memory_mb(self.dist.device),
         }
+        if self.members.sweep:  # each member's curve, in metrics.jsonl and in its MLflow child run
+            for k, name in enumerate(self.members.names):
+                record[f"loss/{name}"], record[f"lr/{name}"] = mean_losses[k], self.lr[k]
+                if self.dist.is_main and k not in self.guard.failed and math.isfinite(mean_losses[k]):
+                    if self.position.step % max(1, self.cfg.train.log_every_steps) == 0:
+                        self.members.tracker_of(k, self.tracker).log_metrics(
+                            {"train/loss": mean_losses[k], "train/lr": self.lr[k]}, self.position.step
+                        )
         self.log.write(self.position.step, record)
         if self.bar is not None:
             extra = {} if record["mfu"] is None else {"mfu": f"{record['mfu']:.1%}"}
             self.bar.set_postfix(
-                loss=f"{mean_loss:.4f}", lr=f"{self.lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}",
+                loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", clips_s=f"{record['clips_per_s']:.1f}",
                 wait_s=f"{wait_s:.2f}", **extra,
             )  # fmt: skip
             self.bar.update(1)
         self.loss_sum.zero_()
-        self.lr = self.engine.get_lr()[-1]
+        self.lr = self._member_lrs()
 
     def checkpoint_if_due(self) -> bool:
         """After a step: a checkpoint every `train.ckpt_every_steps` steps or `train.ckpt_every_minutes`
@@ -288,7 +352,8 @@ class Trainer:
 
     def save(self) -> Path:
         """Collective: a checkpoint of the current position."""
-        self.guard.check_finite("a checkpoint", self.position.step)
+        self.guard.check_finite(self.view, "a checkpoint", self.position.step)
+        self.meta["members"] = self.members.state()
         path = ckpt.save_checkpoint(
             self.engine, self.view, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
         )
@@ -309,29 +374,64 @@ class Trainer:
         barrier()
         return {"steps": self.position.step, "stopped": name, "wall_s": time.perf_counter() - self.t_start}
 
-    def evaluate(self) -> Metrics:
-        """Collective: evaluate on the validation split; rank 0 reports, prints and tracks the result."""
-        self.last_eval = metrics = self.task.evaluate(self.model, self.val_loader)
-        if self.dist.is_main:
-            epoch = self.position.epoch
-            self.task.write_report(metrics, self.out / "eval", f"epoch_{epoch:03d}")
-            print(f"[s4v] eval after epoch {epoch}: {self.task.summary(metrics)}", flush=True)
-            self.tracker.log_metrics({f"val/{k}": v for k, v in self.task.tracked(metrics).items()}, self.position.step)
-        return metrics
+    def evaluate(self) -> list[Metrics]:
+        """Collective: evaluate every member on the validation split (one frozen pass); rank 0 reports,
+        prints and tracks each result."""
+        self.last_eval = results = self.task.evaluate(self.model, self.val_loader)
+        epoch, step = self.position.epoch, self.position.step
+        self.members.record_eval(self.task, results, epoch, step)
+        if not self.dist.is_main:
+            return results
+        for k, metrics in enumerate(results):
+            if k in self.guard.failed:
+                continue
+            out = self.members.member_dir(self.out, k) if self.members.sweep else self.out
+            self.task.write_report(metrics, out / "eval", f"epoch_{epoch:03d}")
+            who = f" {self.members.names[k]}" if self.members.sweep else ""
+            print(f"[s4v] eval after epoch {epoch}{who}: {self.task.summary(metrics)}", flush=True)
+            tracked = {f"val/{key}": v for key, v in self.task.tracked(metrics).items()}
+            self.members.tracker_of(k, self.tracker).log_metrics(tracked, step)
+        if self.members.sweep:
+            self.members.report(self.out, self._metric(), step)
+        return results
+
+    def _metric(self) -> str:
+        """The metric a sweep report ranks members by: the task's first tracked one (top-1, t2v R@1)."""
+        return next(iter(self.task.tracked(self.last_eval[0]))) if self.last_eval else "top1"
 
     def close(self) -> dict[str, Any]:
-        """Rank 0 exports the trainable state to `final/`, writes `result.json` and closes tracking."""
+        """Rank 0 exports the trainable state (`final/`, a sweep's members under `members/`), writes
+        `result.json` and closes tracking."""
         step = self.position.step
         result: dict[str, Any] = {"steps": step, "wall_s": time.perf_counter() - self.t_start, "eval": self.last_eval}
-        self.guard.check_finite("final/", self.position.step)
+        self.guard.check_finite(self.view, "final/", self.position.step)
         if self.dist.is_main:
-            final = ckpt.export_trainable(self.view, self.out / "final", self.cfg, {**self.meta, "step": step})
-            if self.last_eval is not None:
-                self.task.write_report(self.last_eval, final, "eval")
+            meta = {**self.meta, "step": step}
+            finals = (
+                self.members.export(self.out, meta, step)
+                if self.members.sweep
+                else [ckpt.export_trainable(self.view, self.out / "final", self.cfg, meta)]
+            )
+            headline = {k: v for k, v in result.items() if k != "eval"}
+            for k, final in enumerate(finals):
+                if final is None:
+                    continue
+                member_eval = self.last_eval[k] if self.last_eval else None
+                if member_eval is not None:
+                    self.task.write_report(member_eval, final, "eval")
+                tracker = self.members.tracker_of(k, self.tracker)
+                tracker.log_artifacts(final, "final")
+                if self.members.sweep:
+                    tracker.finish()
+                    headline.setdefault("members", {})[self.members.names[k]] = self.task.headline(member_eval)
+                else:
+                    headline |= self.task.headline(member_eval)
+            if self.members.sweep:
+                self.members.report(self.out, self._metric(), step)
+                for name in ("sweep.md", "sweep.json", "sweep.png"):
+                    self.tracker.log_artifact(self.out / name)
             self.tracker.log_metrics({"train/wall_s": result["wall_s"]}, step)
-            self.tracker.log_artifacts(final, "final")
             self.tracker.finish()
-            headline = {k: v for k, v in result.items() if k != "eval"} | self.task.headline(self.last_eval)
             (self.out / "result.json").write_text(json.dumps(headline, indent=2))
         barrier()
         return result

@@ -1,0 +1,153 @@
+"""Sweeps train K side networks on one frozen pass: each member ends exactly where a run of that member's
+config alone ends (same seed, data and steps), on one rank and on two (ZeRO-2), while a member that
+diverges is stopped and marked failed without touching the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from s4v.train.engine import SkippingAdamW
+
+REPO = Path(__file__).resolve().parents[1]
+DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+STEPS = 4  # clipping (configs/synth_tiny.yaml: clip_grad 1.0) and warmup are both in play
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(synth: Path, out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:
+    launch = [sys.executable] if ranks == 1 else [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_port())]
+    cmd = [
+        *launch,
+        "launch/train.py",
+        "--ds",
+        "ds_configs/cpu.json",
+        "--config",
+        "configs/synth_tiny.yaml",
+        f"data.root={synth}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "optim.batch_size=8",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0.5",
+        f"train.max_steps={STEPS}",
+        "train.eval_every_epochs=0",
+        "train.max_bad_steps=2",
+        "train.progress=false",
+        "train.threads_per_rank=1",
+        "tracking.enabled=false",
+        f"train.out_dir={out}",
+        *extra,
+    ]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _trainable(final: Path) -> dict[str, torch.Tensor]:
+    return torch.load(final / "trainable.pt", map_location="cpu", weights_only=True)
+
+
+def _assert_equal(sweep_final: Path, alone_final: Path) -> None:
+    ours, alone = _trainable(sweep_final), _trainable(alone_final)
+    assert ours.keys() == alone.keys()
+    differ = [k for k in ours if not torch.equal(ours[k], alone[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+# Members as dotted overrides; their names are what s4v.sweep derives from them.
+LR, WIDTH, DIVERGING = (
+    ("optim.lr", 3.0e-3, "lr=0.003"),
+    ("model.side_dim", 128, "side_dim=128"),
+    ("optim.lr", 1e12, None),
+)
+
+
+def _members(*members: tuple[str, object, str | None]) -> str:
+    return "sweep.members=[" + ", ".join(f"{{{key}: {value!r}}}" for key, value, _ in members) + "]"
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_each_member_equals_its_run_alone(synth: Path, tmp_path: Path, ranks: int) -> None:
+    ds = [] if ranks == 1 else ["ds.zero_optimization.stage=2"]
+    members = (LR, WIDTH, DIVERGING) if ranks == 1 else (LR, WIDTH)
+    sweep = tmp_path / "sweep"
+    r = _train(synth, sweep, ranks, _members(*members), *ds)
+    for key, value, name in members:
+        if name is None:
+            continue
+        alone = tmp_path / name
+        _train(synth, alone, ranks, f"{key}={value}", *ds)
+        _assert_equal(sweep / "members" / name / "final", alone / "final")
+        config = (sweep / "members" / name / "final" / "config.yaml").read_text()
+        assert "sweep:\n  grid: {}\n  members: []" in config  # a member's export is a plain run's
+    report = json.loads((sweep / "sweep.json").read_text())
+    assert [m["name"] for m in report["members"]][: len(members)] == [n or "lr=1e+12" for _, _, n in members]
+    if ranks == 1:  # the lr 1e12 member: stopped after train.max_bad_steps, reported, not exported
+        failed = report["members"][2]
+        assert failed["failed"] and failed["export"] is None and "consecutive steps" in failed["failure"]
+        assert not (sweep / "members" / "lr=1e+12").exists()
+        assert "[s4v] member lr=1e+12 failed:" in r.stdout
+        rows = [json.loads(line) for line in (sweep / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == STEPS and all(row["loss/lr=0.003"] == row["loss/lr=0.003"] for row in rows)
+
+
+def test_a_sweep_that_changes_the_shared_pass_is_refused(synth: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "launch/train.py", f"data.root={synth}", "sweep.grid.data.num_frames=[8,16]"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: sweep: data.num_frames is shared by every member (the frozen pass, its data and schedule length "
+        "are one); a member may set only model.side_dim, model.side_layers, model.side_checkpoint, model.dropout, "
+        "optim.lr, optim.weight_decay, optim.warmup_epochs, optim.min_lr, optim.label_smoothing, optim.clip_grad, "
+        "optim.betas, optim.eps, train.seed"
+    ]
+
+
+def _groups(clip: float) -> tuple[list[torch.nn.Parameter], SkippingAdamW]:
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    groups = [{"params": [p], "lr": 0.1, "clip_grad": clip, "member": k} for k, p in enumerate(params)]
+    return params, SkippingAdamW(groups, lr=0.1, weight_decay=0.1, foreach=False)
+
+
+def test_a_members_non_finite_gradient_leaves_only_that_member_alone() -> None:
+    (a, b), opt = _groups(0.0)
+    a.grad, b.grad = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, float("inf")])
+    opt.step()
+    assert opt.bad == {1} and not opt.overflow
+    assert torch.equal(b.detach(), torch.ones(2)) and b not in opt.state
+    assert (a.detach() < 1).all() and opt.state[a]["step"] == 1
+    opt.skip, b.grad = {0}, torch.tensor([1.0, 1.0])  # the trainer refuses member 0 (its loss was not finite)
+    before = a.detach().clone()
+    opt.step()
+    assert torch.equal(a.detach(), before) and opt.state[a]["step"] == 1 and opt.state[b]["step"] == 1
+    opt.skip = {0, 1}
+    opt.step()
+    assert opt.overflow  # every member refused: DeepSpeed then leaves the schedule alone
+
+
+def test_each_member_is_clipped_by_its_own_norm() -> None:
+    (a, b), opt = _groups(1.0)
+    ga, gb = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.3, 0.4])  # norms 5 (clipped) and 0.5 (not)
+    a.grad, b.grad = ga.clone(), gb.clone()
+    opt.step()
+    ref = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    for p, g in zip(ref, (ga, gb), strict=True):
+        p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_([p], 1.0)  # each alone: a norm across members would clip b too
+    torch.optim.AdamW(ref, lr=0.1, weight_decay=0.1, foreach=False).step()
+    torch.testing.assert_close(a.detach(), ref[0].detach(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(b.detach(), ref[1].detach(), rtol=0, atol=0)
