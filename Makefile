@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo retrieval-demo test lint gpu-check
+.PHONY: demo retrieval-demo sweep-demo test lint gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,14 @@ retrieval-demo: $(STAMP)
 			launch/train.py --ds ds_configs/cpu.json --config configs/synth_retrieval_tiny.yaml \
 			model.kind=$$kind train.out_dir=runs/retrieval/$$kind || exit 1; \
 	done
+
+# Four learning rates trained side by side on one frozen pass (README "Sweeps"); lr 1e12 diverges on purpose.
+sweep-demo: $(STAMP)
+	$(VENV)/bin/s4v synth --out data/synth
+	$(PY) launch/train.py --ds ds_configs/cpu.json --config configs/synth_tiny.yaml train.out_dir=runs/sweep-demo \
+		tracking.experiment=s4v-sweep-demo 'sweep.grid.optim.lr=[1.0e-4,1.0e-3,1.0e-2,1.0e+12]'
+	$(PY) launch/eval.py --checkpoint runs/sweep-demo --views 3x2
+	cat runs/sweep-demo/eval_3x2/sweep.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -68,7 +68,7 @@ def _assert_equal(sweep_final: Path, alone_final: Path) -> None:
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
-# Members as dotted overrides; their names are what s4v.sweep derives from them.
+# Members as dotted overrides; their names are what s4v.config.resolve_members derives from them.
 LR, WIDTH, DIVERGING = (
     ("optim.lr", 3.0e-3, "lr=0.003"),
     ("model.side_dim", 128, "side_dim=128"),
@@ -85,7 +85,11 @@ def test_each_member_equals_its_run_alone(synth: Path, tmp_path: Path, ranks: in
     ds = [] if ranks == 1 else ["ds.zero_optimization.stage=2"]
     members = (LR, WIDTH, DIVERGING) if ranks == 1 else (LR, WIDTH)
     sweep = tmp_path / "sweep"
-    r = _train(synth, sweep, ranks, _members(*members), *ds)
+    db = tmp_path / "mlflow.db"
+    tracking = (
+        [] if ranks == 2 else ["tracking.enabled=true", f"tracking.uri=sqlite:///{db}", "tracking.system_metrics=false"]
+    )
+    r = _train(synth, sweep, ranks, _members(*members), *ds, *tracking)
     for key, value, name in members:
         if name is None:
             continue
@@ -103,17 +107,47 @@ def test_each_member_equals_its_run_alone(synth: Path, tmp_path: Path, ranks: in
         assert "[s4v] member lr=1e+12 failed:" in r.stdout
         rows = [json.loads(line) for line in (sweep / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == STEPS and all(row["loss/lr=0.003"] == row["loss/lr=0.003"] for row in rows)
+        _assert_children(db, ["lr=0.003", "side_dim=128", "lr=1e+12"])
+        _assert_sweep_eval(sweep, "lr=0.003")
+
+
+def _assert_children(db: Path, names: list[str]) -> None:
+    """One parent MLflow run, a nested child per member with its overrides and its own step metrics."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("s4v-demo").experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and sorted(children) == sorted(names)
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children.values())
+    assert children["lr=0.003"].data.params["override.optim.lr"] == "0.003"
+    assert [m.step for m in client.get_metric_history(children["lr=0.003"].info.run_id, "train/loss")] == [1, 2, 3, 4]
+    assert children["lr=1e+12"].info.status == "FAILED" and children["lr=0.003"].info.status == "FINISHED"
+
+
+def _assert_sweep_eval(sweep: Path, name: str) -> None:
+    """launch/eval.py on the sweep root (all members on one pass) scores a member as its own export does."""
+    for checkpoint, out in ((sweep, sweep / "eval"), (sweep / "members" / name / "final", sweep / "alone_eval")):
+        cmd = [sys.executable, "launch/eval.py", "--checkpoint", str(checkpoint), "--out", str(out), "--dtype", "fp32"]
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    together = json.loads((sweep / "eval" / name / "eval.json").read_text())
+    alone = json.loads((sweep / "alone_eval" / "eval.json").read_text())
+    assert together["top1"] == alone["top1"] and together["confusion_matrix"] == alone["confusion_matrix"]
+    report = json.loads((sweep / "eval" / "sweep.json").read_text())
+    assert [m["name"] for m in report["members"]] == ["lr=0.003", "side_dim=128"]  # the failed one was not exported
 
 
 def test_a_sweep_that_changes_the_shared_pass_is_refused(synth: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "launch/train.py", f"data.root={synth}", "sweep.grid.data.num_frames=[8,16]"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 2
+    from s4v.config import SWEEPABLE
+
     assert r.stderr.strip().splitlines() == [
         "error: sweep: data.num_frames is shared by every member (the frozen pass, its data and schedule length "
-        "are one); a member may set only model.side_dim, model.side_layers, model.side_checkpoint, model.dropout, "
-        "optim.lr, optim.weight_decay, optim.warmup_epochs, optim.min_lr, optim.label_smoothing, optim.clip_grad, "
-        "optim.betas, optim.eps, train.seed"
+        f"are one); a member may set only {', '.join(SWEEPABLE)}"
     ]
 
 
@@ -151,3 +185,16 @@ def test_each_member_is_clipped_by_its_own_norm() -> None:
     torch.optim.AdamW(ref, lr=0.1, weight_decay=0.1, foreach=False).step()
     torch.testing.assert_close(a.detach(), ref[0].detach(), rtol=0, atol=1e-7)
     torch.testing.assert_close(b.detach(), ref[1].detach(), rtol=0, atol=0)
+
+
+def test_the_table9_sweep_builds_every_row_on_one_tower() -> None:
+    from s4v.config import load_config, resolve_members
+    from s4v.train.build import build_model
+
+    cfg = load_config(REPO / "configs/ssv2_vitb_table9_sweep.yaml", ["model.checkpoint=null"])
+    members = [m.cfg for m in resolve_members(cfg)]
+    model = build_model(cfg, 174, torch.device("meta"), members=members)
+    assert len(model.members) == 10 and len({id(m.side) for m in model.members}) == 10
+    shapes = [(len(m.side.blocks), m.head.fc.in_features) for m in model.members]
+    assert shapes == [(12, 320)] * 5 + [(4, 320), (6, 320), (12, 128), (12, 192), (12, 256)]
+    assert [m.side.options.temporal for m in model.members][:2] == ["conv", "attention"]

@@ -79,6 +79,7 @@ def create_model(
     p = _checked_preset(preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    _side_checkpoint(p, kind, side_checkpoint)  # refused for a model without a side network, before any build
     # Only the visual tower is made real (the text tower stays on the meta device), directly in frozen_dtype.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, ("visual",), _shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
 from functools import partial
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,42 +26,12 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils import checkpoint as activation_checkpoint
 from torch.utils._device import DeviceContext
 
-from s4v.choices import BlockForm, TemporalImpl
+from s4v.choices import BlockForm, SideOptions, TemporalImpl
 from s4v.kernels import TemporalConvBranch
 from s4v.models.backbone import TowerShape
 from s4v.models.fusion import DownNorm, NormDown
 
 PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^-0.5
-
-
-@dataclass(frozen=True)
-class SideOptions:
-    """Variants of the side network; the defaults are the paper's model."""
-
-    temporal: Literal["conv", "attention"] = "conv"
-    cls_shift: bool = True
-    representation: Literal["gap", "vit-cls", "extra-cls"] = "gap"
-    layer_choice: Literal["interval", "top"] = "interval"
-    fusion: Literal["normdown", "eager"] = "normdown"
-    # A position row for the shifted [CLS] too (N + 1 rows): the retrieval side network of the
-    # reference (Retrieval/modules/module_clip.py, SideTransformer and AttnCBlock.forward).
-    cls_pos: bool = False
-
-    def __post_init__(self) -> None:
-        choices = {
-            "temporal": ("conv", "attention"),
-            "representation": ("gap", "vit-cls", "extra-cls"),
-            "layer_choice": ("interval", "top"),
-            "fusion": ("normdown", "eager"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"side option {name}={getattr(self, name)!r}: choose one of {allowed}")
-
-    @property
-    def cls_slot(self) -> bool:
-        """The side tokens carry a [CLS] slot in front of the patches, and the head reads it."""
-        return self.representation != "gap"
 
 
 PAPER_SIDE = SideOptions()

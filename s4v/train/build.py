@@ -63,7 +63,9 @@ def build_model(
         model = create_retrieval_model(name, matching=cfg.model.matching, **common)
         model.feature_gather = gather_with_grad  # negatives from every data-parallel rank's batch
         return model
-    return create_model(name, num_classes=num_classes, dropout=cfg.model.dropout, side_seed=cfg.train.seed, **common)
+    return create_model(
+        name, num_classes, dropout=cfg.model.dropout, side_options=cfg.model.side, side_seed=cfg.train.seed, **common
+    )
 
 
 def _sweep_model(
@@ -78,7 +80,7 @@ def _sweep_model(
         models.append(
             side_classifier(
                 first.backbone, m.preset, num_classes, device, m.temporal_impl, m.dropout, m.side_layers, m.side_dim,
-                side_checkpoint=m.side_checkpoint,
+                m.side, m.side_checkpoint,
             )
         )  # fmt: skip
     return SweepClassifier.of(models)

@@ -15,6 +15,7 @@ The directory is assumed to be on a file system all nodes share.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from s4v.choices import SideOptions
 from s4v.config import Config, dump_config, to_dict
 from s4v.errors import UserError
 from s4v.train import elastic
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 LATEST = "latest"
 POSITION_KEY = "s4v_position"  # the data position in DeepSpeed's client state
-_SHAPING = ("task", "preset", "kind", "matching")  # model fields that decide which trainable tensors exist
+_SHAPING = ("task", "preset", "kind", "matching", "side")  # model fields that decide which trainable tensors exist
 
 
 @dataclass
@@ -168,6 +170,7 @@ def check_resumable(directory: Path, cfg: Config, meta: dict[str, Any]) -> dict[
     previous = read_meta(directory)
     saved_cfg = yaml.safe_load((directory / "config.yaml").read_text())
     saved, ours = saved_cfg["model"], to_dict(cfg)["model"]
+    saved.setdefault("side", dataclasses.asdict(SideOptions()))  # written before model.side: the paper's
     differ = [f"model.{k}={saved.get(k)!r} there, {ours[k]!r} here" for k in _SHAPING if saved.get(k) != ours[k]]
     saved_batch = saved_cfg["optim"]["batch_size"]
     if saved_batch != cfg.optim.batch_size:  # the data position and the LR schedule count its steps

@@ -94,9 +94,8 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides, e.g. data.root=...")
     args = p.parse_args(argv)
-    from s4v.config import check_paths, load_config
+    from s4v.config import check_paths, is_sweep_root, load_config
     from s4v.data.config import parse_views
-    from s4v.sweep import is_sweep_root
 
     directory = Path(args.checkpoint)
     if not directory.is_dir():

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from s4v.config import Config, OptimConfig
+from s4v.config import Config, OptimConfig, is_sweep
 from s4v.errors import UserError
-from s4v.sweep import is_sweep
 from s4v.train.distributed import DistInfo
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The members of a training run: what the trainer keeps per member beside the shared pass.
 
-Every run is a sweep of K members (`s4v.sweep`; K = 1 without a `sweep` section). `Members` holds their
+Every run is a sweep of K members (`s4v.config` (sweeps); K = 1 without a `sweep` section). `Members` holds their
 names, configs and trainable modules, the zero loss a stopped member contributes, their evaluation
 history, failures and MLflow child runs, and writes their exports (`<out>/members/<name>/final/`, each a
 normal export of that member's config) and the sweep report. A run without a sweep keeps its one member's
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from s4v.sweep import MEMBERS_DIR, Member, is_sweep, resolve_members
+from s4v.config import MEMBERS_DIR, Member, is_sweep, resolve_members
 from s4v.tracking import ChildRun, Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.sweep_report import write_sweep_report
@@ -81,6 +81,12 @@ class Members:
         """Member k has failed (the guard recorded why): its MLflow run ends FAILED."""
         if self.children[k] is not None:
             self.children[k].finish("FAILED")
+
+    def finish(self, status: str) -> None:
+        """End every member's MLflow run still open (a stopped run: KILLED, resumable; a failed one: FAILED)."""
+        for child in self.children:
+            if child is not None and child.active:
+                child.finish(status)
 
     def record_eval(self, task: Task, metrics: list[Metrics], epoch: int, step: int) -> None:
         for k, m in enumerate(metrics):

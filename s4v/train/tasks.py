@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4v.config import Config
+from s4v.config import Config, resolve_members
 from s4v.data.loader import VideoLoader
 from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
 from s4v.models.retrieval import MAX_LOGIT_SCALE, symmetric_info_nce
-from s4v.sweep import resolve_members
 from s4v.train import evaluate as recognition
 from s4v.train import retrieval
 from s4v.train.engine import clamp_parameter

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from s4v.config import Config, flatten, to_dict
+from s4v.config import Config, flatten, resolve_members, to_dict
 from s4v.data import build_loader
 from s4v.errors import UserError
 from s4v.perf import mfu, peak_flops
 from s4v.preemption import EXIT_STOPPED, CheckpointClock, StopRequest
 from s4v.progress import Progress, progress
-from s4v.sweep import resolve_members
 from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
@@ -279,6 +278,7 @@ class Trainer:
             newly_failed = self.guard.bad_step(self.position.step, bad, mean_losses, self._report_skip) if bad else []
         except UserError:
             if self.dist.is_main:
+                self.members.finish("FAILED")
                 self.tracker.finish("FAILED")
             raise
         for k in newly_failed:
@@ -370,6 +370,7 @@ class Trainer:
                 f"exit {EXIT_STOPPED}, continue with --resume",
                 flush=True,
             )
+            self.members.finish("KILLED")
             self.tracker.finish("KILLED")
         barrier()
         return {"steps": self.position.step, "stopped": name, "wall_s": time.perf_counter() - self.t_start}
