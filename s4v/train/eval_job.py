@@ -110,12 +110,16 @@ def evaluate_sweep(
     results = task.evaluate(model.eval(), loader)
     if dist.is_main:
         report_dir = Path(out) if out else root / f"eval_{crops}x{clips}"
-        rows = []
+        scored = {}
         for m, final, metrics in zip(exported, finals, results, strict=True):
             task.write_report(metrics | {"checkpoint": str(final)}, report_dir / m["name"], "eval")
             print(f"[s4v] {m['name']}: {task.summary(metrics)}", flush=True)
-            value = next(iter(task.tracked(metrics).values()))
-            rows.append(m | {"last": value, "best": value, "best_epoch": None})
+            scored[m["name"]] = next(iter(task.tracked(metrics).values()))
+        # Every member of the training report, a failed one with no score.
+        rows = [
+            m | {"last": scored.get(m["name"]), "best": scored.get(m["name"]), "best_epoch": None}
+            for m in report["members"]
+        ]
         metric = next(iter(task.tracked(results[0])))
         files = write_sweep_report(report_dir, rows, metric)
         print(f"[s4v] report: {files[1]}", flush=True)
