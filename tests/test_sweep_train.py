@@ -108,7 +108,19 @@ def test_each_member_equals_its_run_alone(synth: Path, tmp_path: Path, ranks: in
         rows = [json.loads(line) for line in (sweep / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == STEPS and all(row["loss/lr=0.003"] == row["loss/lr=0.003"] for row in rows)
         _assert_children(db, ["lr=0.003", "side_dim=128", "lr=1e+12"])
+        _assert_resume_equal(synth, tmp_path / "resumed", sweep, _members(*members))
         _assert_sweep_eval(sweep, "lr=0.003")
+
+
+def _assert_resume_equal(synth: Path, out: Path, uninterrupted: Path, members: str) -> None:
+    """A sweep stopped at step 2 (the lr 1e12 member one bad step in: it fails at step 3 after the resume, as
+    in the whole run) and resumed ends where the whole run does."""
+    _train(synth, out, 1, members, "train.max_steps=2")
+    _train(synth, out, 1, members, "--resume")
+    for name in ("lr=0.003", "side_dim=128"):
+        _assert_equal(out / "members" / name / "final", uninterrupted / "members" / name / "final")
+    failed = json.loads((out / "sweep.json").read_text())["members"][2]
+    assert failed["failed"] and failed["failure"].endswith("up to step 3")
 
 
 def _assert_children(db: Path, names: list[str]) -> None:

@@ -20,7 +20,6 @@ from torch.utils.hooks import RemovableHandle
 
 from s4v.memory.runtime import AttentionKernel, GpuRuntime
 from s4v.memory.tracker import LiveMemory, SavedTensors
-from s4v.models.side import SideNetwork
 
 GiB = 1024**3
 
@@ -322,6 +321,10 @@ def _gather_blocks(blocks: nn.ModuleList) -> list[RemovableHandle]:
 
 def _side_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of every side network: the model's one, or each sweep member's (they run one at a time)."""
+    # Imported here: s4v.memory.tracker (this package) is read by the kernel benchmark before it picks
+    # Triton's interpreter, and the model modules import open_clip, which imports Triton.
+    from s4v.models.side import SideNetwork
+
     return [block for m in model.modules() if isinstance(m, SideNetwork) for block in m.blocks]
 
 

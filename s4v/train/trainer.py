@@ -148,6 +148,7 @@ class Trainer:
         ckpt.load_checkpoint(self.engine, self.view, path, self.position, self.meta)
         self.meta["mlflow_run_id"] = previous.get("mlflow_run_id")
         self.meta["members"] = previous.get("members")
+        self.guard.consecutive = list((self.meta["members"] or {}).get("bad_in_a_row", self.guard.consecutive))
         return path
 
     def _announce(self, resumed_from: Path | None) -> None:
@@ -353,7 +354,7 @@ class Trainer:
     def save(self) -> Path:
         """Collective: a checkpoint of the current position."""
         self.guard.check_finite(self.view, "a checkpoint", self.position.step)
-        self.meta["members"] = self.members.state()
+        self.meta["members"] = {**self.members.state(), "bad_in_a_row": self.guard.consecutive}
         path = ckpt.save_checkpoint(
             self.engine, self.view, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
         )
