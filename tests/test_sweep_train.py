@@ -30,11 +30,16 @@ def _port() -> int:
 
 def _train(synth: Path, out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:
     launch = [sys.executable] if ranks == 1 else [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_port())]
+    ds = (
+        list(extra[extra.index("--ds") : extra.index("--ds") + 2])
+        if "--ds" in extra
+        else ["--ds", "ds_configs/cpu.json"]
+    )
+    extra = tuple(e for e in extra if e not in ds)
     cmd = [
         *launch,
         "launch/train.py",
-        "--ds",
-        "ds_configs/cpu.json",
+        *ds,
         "--config",
         "configs/synth_tiny.yaml",
         f"data.root={synth}",
@@ -211,3 +216,14 @@ def test_the_table9_sweep_builds_every_row_on_one_tower() -> None:
     shapes = [(len(m.side.blocks), m.head.fc.in_features) for m in model.members]
     assert shapes == [(12, 320)] * 5 + [(4, 320), (6, 320), (12, 128), (12, 192), (12, 256)]
     assert [m.side.options.temporal for m in model.members][:2] == ["conv", "attention"]
+
+
+def test_a_diverging_member_in_bf16_leaves_the_others_stepping(synth: Path, tmp_path: Path) -> None:
+    """bf16 at ZeRO-1 (ds_configs/vite.json): DeepSpeed's overflow check sees every member's gradients at
+    once; a diverging member's non-finite gradients are zeroed before it (and noted), so the others step."""
+    bf16 = ["--ds", "ds_configs/vite.json"]
+    sweep, alone = tmp_path / "sweep", tmp_path / "alone"
+    r = _train(synth, sweep, 1, _members(LR, DIVERGING), *bf16)
+    assert "[s4v] member lr=1e+12 failed:" in r.stdout and "member lr=0.003: step" not in r.stdout
+    _train(synth, alone, 1, f"{LR[0]}={LR[1]}", *bf16)
+    _assert_equal(sweep / "members" / "lr=0.003" / "final", alone / "final")

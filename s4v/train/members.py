@@ -9,6 +9,7 @@ export in `<out>/final/` and tracks in its own MLflow run.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,22 @@ class Members:
         self.history: list[list[dict[str, Any]]] = [[] for _ in self.list]
         self.failures: dict[int, str] = {}
         self.children: list[ChildRun | None] = [None] * len(self.list)
+        self.grad_bad = torch.zeros(len(self.list), dtype=torch.bool)  # see guard_gradients
+
+    def guard_gradients(self) -> None:
+        """A sweep's members keep their non-finite gradients to themselves: a hook on each parameter notes a
+        member whose gradient is not finite (`grad_bad`) and hands DeepSpeed zeros in its place, so
+        DeepSpeed's overflow check over all members (bf16, ZeRO 1-2) never skips the others' step. Not
+        with fp16, whose dynamic loss scale needs to see overflows (fp16 sweeps are refused)."""
+        device = next(self.modules[0].parameters()).device
+        self.grad_bad = torch.zeros(len(self), dtype=torch.bool, device=device)
+        for k, module in enumerate(self.modules):
+            for p in module.parameters():
+                p.register_hook(partial(self._checked_grad, k))
+
+    def _checked_grad(self, k: int, grad: torch.Tensor) -> torch.Tensor:
+        self.grad_bad[k] |= ~torch.isfinite(grad).all()  # no host sync: read once per step
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def __len__(self) -> int:
         return len(self.list)

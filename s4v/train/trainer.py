@@ -83,6 +83,8 @@ class Trainer:
             self.model, cfg, self.ds, dist, self.steps_per_epoch, self.member_cfgs
         )
         self.members = Members(cfg, self.model, self.view)
+        if self.members.sweep:
+            self.members.guard_gradients()
         self.flops_per_step = self.plan.accumulation * self._micro_batch_flops()
         self.peak = peak_flops(dist.device, self.dtype)
         self.timer = StepTimer(dist.device)
@@ -233,6 +235,7 @@ class Trainer:
         micro = self.position.videos // self.train_loader.videos_per_batch  # of this epoch, at this world size
         if micro % self.plan.accumulation == 0:
             self.guard.start_window()
+            self.members.grad_bad.zero_()
         losses = self.task.loss(self.engine, batch, self.position.epoch)  # (K,): one per member
         finite = torch.isfinite(losses).tolist()
         # A member's non-finite loss (or a failed member's) is replaced by a zero one, so its gradients
@@ -245,11 +248,10 @@ class Trainer:
         self.loss_sum += losses.detach().double().cpu()
         boundary = (micro + 1) % self.plan.accumulation == 0
         if boundary:
-            mean_losses = self._reduce_step()
-            self.optimizer.bad = set()
-            self.optimizer.skip = {k for k, v in enumerate(mean_losses) if not math.isfinite(v)} | set(
-                self.guard.failed
-            )
+            mean_losses, grad_bad = self._reduce_step()
+            self.optimizer.bad = grad_bad  # refused members reported as non-finite gradients
+            self.optimizer.skip = {k for k, v in enumerate(mean_losses) if not math.isfinite(v)} | grad_bad
+            self.optimizer.skip |= set(self.guard.failed)
         self.engine.step()
         videos = batch["index"].unique_consecutive().tolist()  # a video's R repeated clips are adjacent
         self.guard.paths += [self.train_loader.records[i].path for i in videos]
@@ -261,13 +263,16 @@ class Trainer:
         self._log_step(mean_losses)
         return True
 
-    def _reduce_step(self) -> list[float]:
-        """One collective per step: the members' mean losses, and whether any rank was signalled to stop
-        or is due a wall-clock checkpoint, so every rank takes the same decisions."""
-        local = [*(self.loss_sum / self.plan.accumulation).tolist(), self.stop.requested, self.clock.due]
-        totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+    def _reduce_step(self) -> tuple[list[float], set[int]]:
+        """One collective per step: the members' mean losses, the members whose gradients were not finite on
+        some rank, and whether any rank was signalled to stop or is due a wall-clock checkpoint, so every
+        rank takes the same decisions."""
+        k = len(self.members)
+        local = [*(self.loss_sum / self.plan.accumulation).tolist(), *self.members.grad_bad.tolist()]
+        totals = all_reduce_sum(torch.tensor([*local, self.stop.requested, self.clock.due], dtype=torch.float64))
+        totals = totals.tolist()
         self.stopped, self.clock_due = totals[-2] > 0, totals[-1] > 0
-        return [t / self.dist.world_size for t in totals[:-2]]
+        return [t / self.dist.world_size for t in totals[:k]], {i for i in range(k) if totals[k + i] > 0}
 
     def _after_step(self, mean_losses: list[float]) -> None:
         """Per member: a bad step is skipped (its statistics restored), too many and it has failed."""
