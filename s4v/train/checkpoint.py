@@ -71,7 +71,8 @@ class DataPosition:
         self.epoch, self.videos = self.epoch + 1, 0
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (a temp file in the same directory, fsynced, then renamed)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -102,7 +103,7 @@ def trainable_state(view: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def write_meta(directory: Path, cfg: Config, meta: dict[str, Any]) -> None:
     dump_config(cfg, directory / "config.yaml")
-    _atomic_write(directory / "meta.json", json.dumps(meta, indent=2).encode())
+    atomic_write(directory / "meta.json", json.dumps(meta, indent=2).encode())
 
 
 def save_checkpoint(
@@ -136,7 +137,7 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _atomic_write(root / LATEST, tag.encode())
+        atomic_write(root / LATEST, tag.encode())
         _prune(root, keep)
     barrier()
     return final

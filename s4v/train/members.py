@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from s4v.config import MEMBERS_DIR, Member, is_sweep, resolve_members
+from s4v.config import MEMBERS_DIR, Member, is_sweep
 from s4v.tracking import ChildRun, Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.sweep_report import write_sweep_report
@@ -24,12 +24,12 @@ from s4v.train.tasks import Metrics, Task
 
 
 class Members:
-    """The K members of the run of `cfg`: `modules[k]` holds member k's trainable state (with one member:
-    the whole trainable view)."""
+    """The K members of the run of `cfg` (`members`: its resolved sweep): `modules[k]` holds member k's
+    trainable state (with one member: the whole trainable view)."""
 
-    def __init__(self, cfg: Any, model: nn.Module, view: nn.Module) -> None:
+    def __init__(self, cfg: Any, members: list[Member], model: nn.Module, view: nn.Module) -> None:
         self.sweep = is_sweep(cfg)
-        self.list: list[Member] = resolve_members(cfg)
+        self.list = members  # resolve_members(cfg), resolved once by the trainer
         self.names = [m.name for m in self.list]
         self.modules: list[nn.Module] = list(model.members) if hasattr(model, "members") else [view]
         self.history: list[list[dict[str, Any]]] = [[] for _ in self.list]

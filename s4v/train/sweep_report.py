@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from s4v.train.checkpoint import atomic_write
 
 MISSING = "–"  # a table cell with no value
 
@@ -37,11 +38,11 @@ def write_sweep_report(
     }
     js, md, png = out_dir / "sweep.json", out_dir / "sweep.md", out_dir / "sweep.png"
     # allow_nan=False: a non-finite float that slipped past _finite fails here, not in a reader.
-    _atomic_write(js, json.dumps(doc, indent=2, allow_nan=False).encode())
+    atomic_write(js, json.dumps(doc, indent=2, allow_nan=False).encode())
     plotted = bool(members)
     if plotted:
-        _atomic_write(png, plot_sweep(members, metric, higher_is_better, best))
-    _atomic_write(md, markdown(members, metric, higher_is_better, best, png.name if plotted else None).encode())
+        atomic_write(png, plot_sweep(members, metric, higher_is_better, best))
+    atomic_write(md, markdown(members, metric, higher_is_better, best, png.name if plotted else None).encode())
     return js, md, png if plotted else None
 
 
@@ -63,15 +64,6 @@ def best_member(members: list[dict[str, Any]], higher_is_better: bool) -> dict[s
         return None
     pick = max if higher_is_better else min
     return pick(scored, key=lambda m: m["best"])  # max/min keep the first of equal keys: member order wins
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def swept_keys(members: list[dict[str, Any]]) -> list[str]:

@@ -76,13 +76,14 @@ class Trainer:
         self.dtype = compute_dtype(self.ds)
 
         self.task = make_task(cfg, self.dtype, dist.device, self.train_loader)
-        self.member_cfgs = [m.cfg for m in resolve_members(cfg)]
+        members = resolve_members(cfg)
+        self.member_cfgs = [m.cfg for m in members]
         self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype, self.member_cfgs)
         fingerprint = backbone_fingerprint(self.model)
         self.engine, self.view, self.optimizer = build_engine(
             self.model, cfg, self.ds, dist, self.steps_per_epoch, self.member_cfgs
         )
-        self.members = Members(cfg, self.model, self.view)
+        self.members = Members(cfg, members, self.model, self.view)
         if self.members.sweep:
             self.members.guard_gradients()
         self.flops_per_step = self.plan.accumulation * self._micro_batch_flops()
