@@ -21,9 +21,11 @@ def _tool(bin_dir: Path, name: str, body: str) -> None:
 
 
 def test_slurm_template_launches_deepspeed_per_node(tmp_path: Path) -> None:
+    """A 20,000-node list (200 kB, over the 64 kB a pipe holds) makes `scontrol show hostnames | head -n 1`
+    die of SIGPIPE under pipefail every time; the template must read the whole list and take its first name."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _tool(bin_dir, "scontrol", 'printf "gpu-a\\ngpu-b\\n"\n')
+    _tool(bin_dir, "scontrol", 'printf "gpu-a\\ngpu-b\\n"\nfor ((i = 0; i < 20000; i++)); do echo "gpu-$i"; done\n')
     _tool(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
     _tool(bin_dir, "deepspeed", f'printf "%s\\n" "$@" > {tmp_path / "argv"}\n')
     env = {
