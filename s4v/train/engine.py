@@ -265,7 +265,7 @@ def build_optimizer(model: nn.Module, optims: list[OptimConfig], clip: bool) -> 
 
 class SkippingAdamW(torch.optim.AdamW):
     """AdamW whose parameter groups are members stepped independently: a group whose gradients are not all
-    finite, or whose member is in `skip`, is left alone (weights and moments), and a group with a
+    finite, or whose member it was told to `refuse`, is left alone (weights and moments), and a group with a
     `clip_grad` is clipped by its own norm.
 
     `overflow` (every group refused) is what DeepSpeed reads after every optimizer step: when it is set,
@@ -279,8 +279,17 @@ class SkippingAdamW(torch.optim.AdamW):
     def __init__(self, params: Any, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.partitioned = False
-        self.skip: set[int] = set()  # members refused this step (the trainer: non-finite loss, failed)
-        self.bad: set[int] = set()  # members found with non-finite gradients (the trainer clears it)
+        self._refused: set[int] = set()  # members told to sit out the next step (`refuse`)
+        self._bad: set[int] = set()  # members found with non-finite gradients since `take_bad`
+
+    def refuse(self, members: set[int]) -> None:
+        """Leave `members` alone at the next step (their loss was not finite, or they have failed)."""
+        self._refused = set(members)
+
+    def take_bad(self) -> set[int]:
+        """The members whose gradients were found non-finite since the last call (then forgotten)."""
+        bad, self._bad = self._bad, set()
+        return bad
 
     def _admit(self, group: dict[str, Any]) -> bool:
         grads = [p.grad for p in group["params"] if p.grad is not None]
@@ -293,8 +302,8 @@ class SkippingAdamW(torch.optim.AdamW):
             torch.distributed.all_reduce(sums)
         member = group.get("member", 0)
         if sums[1] > 0:
-            self.bad.add(member)
-        if sums[1] > 0 or member in self.skip:
+            self._bad.add(member)
+        if sums[1] > 0 or member in self._refused:
             return False
         clip, norm = group.get("clip_grad", 0.0), float(sums[0].sqrt())
         if clip > 0 and norm > clip:  # torch's clip_grad_norm_ coefficient, on this member's norm alone

@@ -250,9 +250,8 @@ class Trainer:
         boundary = (micro + 1) % self.plan.accumulation == 0
         if boundary:
             mean_losses, grad_bad = self._reduce_step()
-            self.optimizer.bad = grad_bad  # refused members reported as non-finite gradients
-            self.optimizer.skip = {k for k, v in enumerate(mean_losses) if not math.isfinite(v)} | grad_bad
-            self.optimizer.skip |= set(self.guard.failed)
+            not_finite = {k for k, v in enumerate(mean_losses) if not math.isfinite(v)}
+            self.optimizer.refuse(not_finite | grad_bad | set(self.guard.failed))
         self.engine.step()
         videos = batch["index"].unique_consecutive().tolist()  # a video's R repeated clips are adjacent
         self.guard.paths += [self.train_loader.records[i].path for i in videos]
@@ -260,7 +259,7 @@ class Trainer:
         if not boundary:
             return False
         self.position.step += 1
-        self._after_step(mean_losses)
+        self._after_step(mean_losses, grad_bad | self.optimizer.take_bad())
         self._log_step(mean_losses)
         return True
 
@@ -275,10 +274,10 @@ class Trainer:
         self.stopped, self.clock_due = totals[-2] > 0, totals[-1] > 0
         return [t / self.dist.world_size for t in totals[:k]], {i for i in range(k) if totals[k + i] > 0}
 
-    def _after_step(self, mean_losses: list[float]) -> None:
+    def _after_step(self, mean_losses: list[float], refused: set[int]) -> None:
         """Per member: a bad step is skipped (its statistics restored), too many and it has failed."""
         applied = self.engine.was_step_applied()
-        bad = self.guard.bad_members(mean_losses, self.optimizer.bad, applied, self.dtype == torch.float16)
+        bad = self.guard.bad_members(mean_losses, refused, applied, self.dtype == torch.float16)
         for k in self.guard.failed:  # a failed member's forwards still ran: keep its last good statistics
             self.guard.restore(k)
         try:
