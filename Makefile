@@ -31,7 +31,7 @@ retrieval-demo: $(STAMP)
 			model.kind=$$kind train.out_dir=runs/retrieval/$$kind || exit 1; \
 	done
 
-# Four learning rates trained side by side on one frozen pass (README "Sweeps"); lr 1e12 diverges on purpose.
+# Four learning rates trained side by side on one frozen pass (docs/sweeps.md); lr 1e12 diverges on purpose.
 sweep-demo: $(STAMP)
 	$(VENV)/bin/s4v synth --out data/synth
 	$(PY) launch/train.py --ds ds_configs/cpu.json --config configs/synth_tiny.yaml train.out_dir=runs/sweep-demo \
@@ -47,7 +47,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q --durations=15
 
-# On a GPU machine: tests/gpu and the GPU benchmarks, one report in outputs/gpu_check/ (README "GPU check").
+# On a GPU machine: tests/gpu and the GPU benchmarks, one report in outputs/gpu_check/ (docs/gpu-check.md).
 # No $(STAMP): an offline GPU machine keeps its own torch; this runs .venv's python if there is one, else python3.
 # `make gpu-check GPU_CHECK_ARGS=--dry-run` runs the CPU forms of every part.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)

@@ -286,7 +286,7 @@ def measure(checkpoint: str | None, steps: int, batch: int, frames: int, seed: i
     import s4v
     from s4v.memory.step import MasterAdamW
     from s4v.models import create_model
-    from s4v.train.engine import prepare_for_dtype
+    from s4v.train.precision import prepare_for_dtype
 
     out: dict = dict(s4v=str(Path(s4v.__file__).parent), checkpoint=checkpoint, threads=torch.get_num_threads())
     out["at_start"] = proc_status()

@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,15 +37,11 @@ GOAL_FLOPS_K8 = 4.0  # e14-light: 8 separate runs' FLOPs over the 8-member sweep
 def members_on(model: Side4VideoClassifier, k: int, classes: int, checkpoint: bool | None = None) -> SweepClassifier:
     """`model`'s side network shape k times (seeds 1..k) on its tower; `checkpoint`: side-block recompute
     (None: as `model`)."""
-    side = model.side
-    checkpoint = side.checkpoint if checkpoint is None else checkpoint
+    spec = model.side.spec if checkpoint is None else replace(model.side.spec, checkpoint=checkpoint)
     models = []
     for seed in range(1, k + 1):
         torch.manual_seed(seed)
-        member = Side4VideoClassifier(
-            model.backbone, side.dim, len(side.blocks), classes, form=side.form, side_checkpoint=checkpoint
-        )
-        models.append(member)
+        models.append(Side4VideoClassifier(model.backbone, spec, classes))
     return SweepClassifier.of(models)
 
 

@@ -40,6 +40,7 @@ from typing import Any, get_args
 import torch
 
 from s4v.choices import TemporalImpl
+from s4v.memory.plan import largest_fitting
 from s4v.memory.step import GiB, Precision, Workload, account_step, make_optimizer
 from s4v.memory.workloads import SIDE4VIDEO, MethodSpec, workload
 from s4v.models.architectures import BACKBONES
@@ -102,36 +103,15 @@ class FrozenTimer:
 def largest_batch(spec: MethodSpec, budget: float, precision: Precision, attention: str = "flash") -> tuple[int, int]:
     """(largest batch of `spec` whose accounted step peak fits `budget` bytes, its peak); batch 0 if none does.
 
-    As `s4v.memory.plan.Planner.fit`: the peak is affine in the batch (fixed weights and optimizer states,
-    activations per clip), so the line through batches 2 and 4 predicts the edge (at batch 1 the peak can
-    sit in the optimizer step instead); secant steps while the prediction does not fit, then an exact
-    search between the largest fitting and the smallest failing batch.
+    The planner's search (`s4v.memory.plan.largest_fitting`, as `Planner.fit` runs it): from batch 2, as at
+    batch 1 the peak can sit in the optimizer step instead.
     """
-    known: dict[int, int] = {}
 
-    def probe(batch: int) -> int:
-        if batch not in known:
-            known[batch] = account_step(workload(replace(spec, batch=batch)), precision, attention).peak
-        return known[batch]
+    def account(batch: int) -> int:
+        return account_step(workload(replace(spec, batch=batch)), precision, attention).peak
 
-    slope = max((probe(4) - probe(2)) / 2, 1.0)
-    guess = 2 + int((budget - known[2]) // slope)
-    for _ in range(4):
-        if guess <= 4 or probe(guess) <= budget:
-            break
-        slope = (known[guess] - known[4]) / (guess - 4)
-        guess = 4 + int((budget - known[4]) // slope)
-    lo = max((b for b, p in known.items() if p <= budget), default=0)
-    hi = min((b for b, p in known.items() if p > budget), default=None)
-    if lo == 0:  # batch 2 does not fit
-        lo, hi = (1, 2) if probe(1) <= budget else (0, 1)
-    while hi is None or lo + 1 < hi:
-        mid = lo + 1 if hi is None else (lo + hi) // 2
-        if probe(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    return lo, known.get(lo, 0)
+    edge = largest_fitting(account, budget, 2, 4)
+    return edge.n, edge.peaks.get(edge.n, 0)  # no batch fits: no peak to report (0)
 
 
 def time_steps(

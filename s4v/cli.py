@@ -15,6 +15,9 @@ from s4v.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
 
 # name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("s4v.train.cli:train_main", "train a side network (or a sweep) in one process; as launch/train.py"),
+    "eval": ("s4v.train.cli:eval_main", "multi-view evaluation of a final/, checkpoint or sweep; as launch/eval.py"),
+    "report": ("s4v.train.report:main", "the closing table of training runs (make demo's last step)"),
     "info": ("s4v.info:cli", "parameters, GFLOPs and memory estimate of a preset"),
     "synth": ("s4v.data.synth:cli", "write the embedded synthetic video dataset"),
     "data": ("s4v.data.check:cli", "data check: annotations vs files, every video probed, a skip list"),

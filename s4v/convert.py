@@ -21,7 +21,7 @@ from s4v.models.architectures import PRESETS
 from s4v.reference import LAYOUTS, REFERENCE, Layout, convert_state, listed, regex
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import export_trainable
-from s4v.train.engine import TrainableView
+from s4v.train.precision import TrainableView
 
 # train_vision.py's epoch_saving / best_saving keep the model under "model_state_dict"; the retrieval code
 # (main_task_retrieval.py's save_model) saves the bare state dict; "state_dict" / "model": common re-saves.
@@ -73,7 +73,7 @@ def _reference_config(preset: str, tower: Path | None) -> Config:
     """The run config of a converted checkpoint; the data section is a default to override at eval time."""
     p = PRESETS[preset]
     data = DataConfig(root="data", num_frames=p.num_frames, image_size=p.image_size)
-    if p.task == "retrieval":  # MSR-VTT as distributed (README: text-video retrieval)
+    if p.task == "retrieval":  # MSR-VTT as distributed (docs/retrieval.md)
         data = DataConfig(
             root="data/msrvtt", fmt="msrvtt", train_list="MSRVTT_train.9k.csv", val_list="MSRVTT_JSFUSION_test.csv",
             class_file="MSRVTT_data.json", num_frames=p.num_frames, image_size=p.image_size,

@@ -14,65 +14,21 @@ import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from s4v.config import Config, load_config
+from s4v.config import Config
 from s4v.data.config import DataConfig, parse_views
 from s4v.data.decode import BadVideo, decode_frames
 from s4v.data.loader import finish, prepare
 from s4v.data.records import VideoRecord
 from s4v.errors import UserError
 from s4v.progress import progress, write
-from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
-from s4v.train.checkpoint import load_trainable, read_meta
-from s4v.train.engine import prepare_for_dtype
 from s4v.train.evaluate import predict
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-COMMANDS_OF_TASK = {"recognition": "s4v predict", "retrieval": "s4v embed / s4v search"}
-
-
-def default_dtype(device: torch.device) -> str:
-    """What evaluation computes in unless told otherwise: fp32 on CPU, fp16 on GPU."""
-    return "fp32" if device.type == "cpu" else "fp16"
-
-
-def load_trained(
-    checkpoint_dir: str | Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    overrides: Sequence[str] = (),
-    task: str | None = None,
-) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """(model, run config, meta) of a run's `final/` or a `checkpoints/step_*` directory.
-
-    The model is in eval mode on `device`, in `dtype` the way training and evaluation run it
-    (`prepare_for_dtype`). Its frozen tower is rebuilt from the run config (seed or weights file, after
-    `overrides`) and must match the fingerprint the run recorded. `task`, when given, is checked before
-    anything is built, so a checkpoint of the other task fails in a fraction of a second.
-    """
-    directory = Path(checkpoint_dir)
-    if not (directory / "config.yaml").is_file():
-        what = "no such directory" if not directory.is_dir() else "not a checkpoint directory (no config.yaml)"
-        raise UserError(f"--checkpoint {str(directory)!r}: {what}; pass a run's final/ or a checkpoints/step_* dir")
-    meta = read_meta(directory)
-    cfg = load_config(directory / "config.yaml", overrides)
-    if task is not None and cfg.model.task != task:
-        raise UserError(
-            f"--checkpoint {str(directory)!r} holds a {cfg.model.task} model, not a {task} one: "
-            f"use {COMMANDS_OF_TASK[cfg.model.task]}"
-        )
-    # The tower is built as the run built it, so that the fingerprints compare, then cast to `dtype`. Runs from
-    # before `frozen_dtype` was recorded (and converted reference checkpoints) built and fingerprinted it in fp32.
-    model = build_model(cfg, meta["num_classes"], device, getattr(torch, meta.get("frozen_dtype", "float32")))
-    check_fingerprint(meta["backbone_fingerprint"], backbone_fingerprint(model))
-    prepare_for_dtype(model, dtype).load_state_dict(load_trainable(directory))
-    return model.eval(), cfg, meta
+from s4v.train.trained import DTYPES, default_dtype, load_trained
 
 
 def read_views(path: str, data: DataConfig) -> torch.Tensor:

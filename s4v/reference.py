@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from s4v.errors import UserError
 from s4v.models.retrieval import VideoTextRetrieval
-from s4v.train.engine import TrainableView
+from s4v.train.precision import TrainableView
 
 REFERENCE = "HJYao00/Side4Video@5d72352"
 SHOWN = 8  # keys named per kind of error

@@ -33,7 +33,11 @@ def _reachable(uri: str, timeout: float = 3.0) -> str | None:
 
 
 class Tracker:
-    """Thin MLflow wrapper; a no-op on ranks other than 0 or when disabled."""
+    """Thin MLflow wrapper; a no-op on ranks other than 0 or when disabled.
+
+    A run's tracker starts (or continues, `run_id`) the active MLflow run, with system metrics; `child`
+    gives a nested run under it (a sweep member's). Both write through `MlflowClient` by run id, so a
+    child never takes over the active run and both share one error policy (`_call`)."""
 
     def __init__(
         self,
@@ -46,7 +50,7 @@ class Tracker:
         run_id: str | None = None,
         resume_only: bool = False,
     ) -> None:
-        self.active = False
+        self.active, self.nested = False, False
         self.run_id: str | None = None
         self.uri = resolve_uri(uri)
         if not enabled:
@@ -75,68 +79,35 @@ class Tracker:
                 return
             if run is None:
                 run = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
+            self.client = mlflow.MlflowClient(self.uri)
             self.run_id = run.info.run_id
             self.active = True
         except Exception as e:
             self._warn(f"could not start an MLflow run at {self.uri} ({e!r})")
 
-    def _warn(self, what: str) -> None:
-        print(f"[s4v] warning: {what}; training continues without tracking", file=sys.stderr, flush=True)
-        self.active = False
-
-    def _call(self, fn_name: str, *args: Any, **kwargs: Any) -> None:
+    def child(self, name: str, run_id: str | None = None) -> Tracker:
+        """A nested run of this one named `name` (`run_id`: continue that child, a resumed sweep's member);
+        inactive when this tracker is."""
+        child = Tracker(False, self.uri)
+        child.nested = True
         if not self.active:
-            return
+            return child
         try:
-            import mlflow
-
-            getattr(mlflow, fn_name)(*args, **kwargs)
-        except Exception as e:
-            self._warn(f"MLflow {fn_name} failed ({e!r})")
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        self._call("log_params", {k: str(v)[:_PARAM_MAX] for k, v in params.items()})
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
-
-    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifacts", str(directory), artifact_path=artifact_path)
-
-    def log_artifact(self, path: str | Path) -> None:
-        self._call("log_artifact", str(path))
-
-    def finish(self, status: str = "FINISHED") -> None:
-        self._call("end_run", status=status)
-        self.active = False
-
-
-class ChildRun:
-    """A nested MLflow run under an active `Tracker`'s run (one per sweep member), written through
-    MlflowClient so the parent stays the active run; a no-op when the parent is inactive.
-    `run_id` continues an existing child (a resumed sweep)."""
-
-    def __init__(self, parent: Tracker, name: str, run_id: str | None = None) -> None:
-        self.parent, self.run_id, self.active = parent, None, False
-        if not parent.active:
-            return
-        try:
-            import mlflow
-
-            self.client = mlflow.MlflowClient(parent.uri)
+            child.client = self.client
             if run_id is not None:
                 self.client.update_run(run_id, status="RUNNING")
-                self.run_id = run_id
             else:
-                experiment = self.client.get_run(parent.run_id).info.experiment_id
-                tags = {"mlflow.parentRunId": parent.run_id}
-                self.run_id = self.client.create_run(experiment, tags=tags, run_name=name).info.run_id
-            self.active = True
+                experiment = self.client.get_run(self.run_id).info.experiment_id
+                tags = {"mlflow.parentRunId": self.run_id}
+                run_id = self.client.create_run(experiment, tags=tags, run_name=name).info.run_id
+            child.run_id, child.active = run_id, True
         except Exception as e:
-            self._warn(f"could not start MLflow child run {name!r} ({e!r})")
+            child._warn(f"could not start MLflow child run {name!r} ({e!r})")
+        return child
 
     def _warn(self, what: str) -> None:
-        print(f"[s4v] warning: {what}; this member is not tracked further", file=sys.stderr, flush=True)
+        who = "this member is not tracked further" if self.nested else "training continues without tracking"
+        print(f"[s4v] warning: {what}; {who}", file=sys.stderr, flush=True)
         self.active = False
 
     def _call(self, fn_name: str, *args: Any, **kwargs: Any) -> None:
@@ -161,6 +132,17 @@ class ChildRun:
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifacts", str(directory), artifact_path)
 
+    def log_artifact(self, path: str | Path) -> None:
+        self._call("log_artifact", str(path))
+
     def finish(self, status: str = "FINISHED") -> None:
-        self._call("set_terminated", status)
+        if self.active and not self.nested:  # ends the active run and its system-metrics thread
+            try:
+                import mlflow
+
+                mlflow.end_run(status=status)
+            except Exception as e:
+                self._warn(f"MLflow end_run failed ({e!r})")
+        else:
+            self._call("set_terminated", status)
         self.active = False

@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from s4v.cli import main
 from s4v.errors import UserError
 from s4v.infer import load_trained
-from s4v.models import create_model, create_retrieval_model
+from s4v.models import SideSpec, create_model, create_retrieval_model
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import Side4VideoClassifier
 from s4v.reference import convert_state
-from s4v.train.engine import TrainableView
+from s4v.train.precision import TrainableView
 
 CPU = torch.device("cpu")
 EOT = 49407  # the CLIP tokenizer's end-of-text id, its largest
@@ -217,7 +217,7 @@ def test_retrieval_converts_bitwise(tower: Path, tmp_path: Path, capsys: pytest.
 def test_eva_post_norm_converts_bitwise() -> None:
     """No preset is a tiny EVA one: the tiny EVA tower with a post-norm side network, converted in memory."""
     torch.manual_seed(2)
-    source = Side4VideoClassifier(FrozenBackbone(build_clip("tiny-eva").visual), 64, 2, 5, form="post")
+    source = Side4VideoClassifier(FrozenBackbone(build_clip("tiny-eva").visual), SideSpec(64, 2, form="post"), 5)
     randomize(source, 3)
     source.eval()
     reference = eva_recognition(source)

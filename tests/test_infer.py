@@ -23,8 +23,8 @@ from s4v.models.architectures import PRESETS
 from s4v.models.matching import blockwise_similarity
 from s4v.train.build import build_model
 from s4v.train.checkpoint import load_trainable, read_meta
-from s4v.train.engine import prepare_for_dtype
 from s4v.train.evaluate import predict
+from s4v.train.precision import prepare_for_dtype
 from s4v.train.retrieval import CaptionTokens, evaluate_retrieval
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from s4v.baselines import BASELINES, build_baseline, input_frames
 from s4v.memory.step import account_step
 from s4v.memory.workloads import MethodSpec, workload
-from s4v.models import SideOptions, create_model
+from s4v.models import SideOptions, SideSpec, create_model
 
 TINY = "tiny"
 
@@ -67,7 +67,9 @@ def test_trainable_parameters_match_table2(method, backbone, paper_m):
 
 
 def _tiny_side4video(layers: int, **options) -> torch.nn.Module:
-    return create_model("tiny", 5, side_layers=layers, side_dim=64, side_options=SideOptions(**options))
+    return create_model(
+        "tiny", 5, side=SideSpec.of_preset("tiny", layers=layers, dim=64, options=SideOptions(**options))
+    )
 
 
 def test_side4video_variant_defaults_are_the_core_model():

@@ -15,13 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from s4v.memory.tracker import SavedTensors
-from s4v.models import create_model, create_retrieval_model, symmetric_info_nce
+from s4v.models import SideSpec, create_model, create_retrieval_model, symmetric_info_nce
 from s4v.models.fusion import DownNorm
 from s4v.models.matching import Matcher, wti_similarity
 from s4v.models.retrieval import MAX_LOGIT_SCALE, Temperature
 from s4v.models.side import SideBlock, shift_cls
 from s4v.train.distributed import gather_with_grad
-from s4v.train.engine import clamp_parameter
+from s4v.train.optimizer import clamp_parameter
+
+# The tiny retrieval preset's side network, on the eager temporal branch the reference code computes.
+REFERENCE_KERNELS = SideSpec.of_preset("tiny-retrieval", temporal_impl="reference")
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -105,7 +108,7 @@ def test_vit_e_fusion_equals_eager_and_keeps_only_the_frozen_input() -> None:
 
 def test_retrieval_head_is_eq4_as_the_reference_computes_it() -> None:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny-retrieval", temporal_impl="reference")
+    model = create_retrieval_model("tiny-retrieval", side=REFERENCE_KERNELS)
     assert model.up.bias is None and model.up.weight.abs().sum() == 0  # bias-free, starts at zero
     assert model.side.pos.shape[0] == model.backbone.shape.num_patches + 1  # a row for the shifted [CLS]
     with torch.no_grad():
@@ -168,7 +171,7 @@ def test_logit_scale_learns_at_clip_value_and_is_clamped_after_the_step() -> Non
 
 def _retrieval_loss_and_grads(rank: int, world: int) -> tuple[float, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny-retrieval", temporal_impl="reference").eval()  # eval: BatchNorm
+    model = create_retrieval_model("tiny-retrieval", side=REFERENCE_KERNELS).eval()  # eval: BatchNorm
     model.feature_gather = gather_with_grad  # statistics per rank would differ from one process's otherwise
     g = torch.Generator().manual_seed(1)
     video, tokens = torch.randn(4, 4, 3, 64, 64, generator=g), torch.randint(1, 400, (4, 12), generator=g)

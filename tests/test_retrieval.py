@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from s4v.metrics.retrieval import ground_truth_ranks, retrieval_metrics
-from s4v.models import BACKBONES, create_retrieval_model, symmetric_info_nce
+from s4v.models import BACKBONES, SideSpec, create_retrieval_model, symmetric_info_nce
 from s4v.models.matching import Matcher, blockwise_similarity, token_wise_similarity
 
 TINY = BACKBONES["tiny"]
@@ -66,7 +66,8 @@ def test_blockwise_equals_full_similarity() -> None:
 def test_retrieval_model_trains_text_side_head_and_matcher_only(kind: str) -> None:
     """As the reference's recipe: the image tower frozen but its final norm and projection."""
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny-retrieval", kind=kind, temporal_impl="reference")
+    side = SideSpec.of_preset("tiny-retrieval", temporal_impl="reference") if kind == "side4video" else None
+    model = create_retrieval_model("tiny-retrieval", kind=kind, side=side)
     tokens = open_clip.get_tokenizer(TINY.tokenizer)(["a red circle moving left", "a blue square"])
     logits = model(torch.randn(2, 4, 3, 64, 64), tokens)
     symmetric_info_nce(logits).backward()
@@ -83,7 +84,9 @@ def test_retrieval_model_trains_text_side_head_and_matcher_only(kind: str) -> No
 
 def test_retrieval_model_starts_from_clip_zero_shot_frames() -> None:
     torch.manual_seed(0)
-    model = create_retrieval_model("tiny-retrieval", temporal_impl="reference").eval()
+    model = create_retrieval_model(
+        "tiny-retrieval", side=SideSpec.of_preset("tiny-retrieval", temporal_impl="reference")
+    ).eval()
     video = torch.randn(1, 4, 3, 64, 64)
     expected = model.backbone(video.flatten(0, 1))  # open_clip's encode_image of every frame
     torch.testing.assert_close(model.encode_video(video)[0], expected, rtol=1e-5, atol=1e-5)

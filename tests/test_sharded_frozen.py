@@ -13,7 +13,7 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from s4v.models import BACKBONES, FrozenBackbone, build_clip, create_model, create_retrieval_model
+from s4v.models import BACKBONES, FrozenBackbone, SideSpec, build_clip, create_model, create_retrieval_model
 from s4v.models.sharding import shard_frozen_blocks
 from s4v.train.build import backbone_fingerprint
 
@@ -50,11 +50,10 @@ def _check_recognition(mesh, checkpoint: str | None) -> int:
 
 def _check_retrieval_and_eva(mesh) -> None:
     torch.manual_seed(0)
-    replicated = create_retrieval_model("tiny-retrieval", frozen_dtype=torch.bfloat16, temporal_impl="reference")
+    side = SideSpec.of_preset("tiny-retrieval", temporal_impl="reference")
+    replicated = create_retrieval_model("tiny-retrieval", frozen_dtype=torch.bfloat16, side=side)
     torch.manual_seed(0)
-    sharded = create_retrieval_model(
-        "tiny-retrieval", frozen_dtype=torch.bfloat16, temporal_impl="reference", frozen_mesh=mesh
-    )
+    sharded = create_retrieval_model("tiny-retrieval", frozen_dtype=torch.bfloat16, side=side, frozen_mesh=mesh)
     text = next(p for n, p in sharded.named_parameters() if n.startswith("text."))
     assert not isinstance(text, DTensor) and text.dtype == torch.float32  # the trained text tower is not sharded
     g = torch.Generator().manual_seed(1)

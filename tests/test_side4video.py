@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s4v.models import PRESETS, Side4VideoClassifier, build_clip, create_model
+from s4v.models import PRESETS, Side4VideoClassifier, SideSpec, build_clip, create_model
 from s4v.models.backbone import FrozenBackbone
 from s4v.models.side import interval_layers, shift_cls
 
@@ -16,11 +16,9 @@ def tiny_model(side_layers: int = 2) -> Side4VideoClassifier:
     torch.manual_seed(0)
     return Side4VideoClassifier(
         FrozenBackbone(build_clip("tiny").visual),
-        side_dim=64,
-        side_layers=side_layers,
+        SideSpec(dim=64, layers=side_layers, temporal_impl="reference"),
         num_classes=5,
         dropout=0.0,
-        temporal_impl="reference",
     )
 
 

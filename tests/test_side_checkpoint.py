@@ -14,22 +14,20 @@ from s4v.errors import UserError
 from s4v.memory.step import account_step
 from s4v.memory.tracker import saved_activation_bytes
 from s4v.memory.workloads import MethodSpec, workload
-from s4v.models import create_model, create_retrieval_model
+from s4v.models import SideSpec, create_model, create_retrieval_model
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import Side4VideoClassifier
 from s4v.train.build import build_model
 
 
 def _pre(checkpoint: bool, temporal_impl: str = "reference") -> nn.Module:
-    return create_model("tiny", 5, temporal_impl=temporal_impl, side_checkpoint=checkpoint)
+    return create_model("tiny", 5, side=SideSpec.of_preset("tiny", checkpoint=checkpoint, temporal_impl=temporal_impl))
 
 
 def _post(checkpoint: bool) -> nn.Module:
     """No preset is a tiny EVA one: the tiny EVA tower with the post-norm (ViT-E) side network."""
-    return Side4VideoClassifier(
-        FrozenBackbone(build_clip("tiny-eva").visual), 64, 2, 5, temporal_impl="reference", form="post",
-        side_checkpoint=checkpoint,
-    )  # fmt: skip
+    spec = SideSpec(64, 2, form="post", checkpoint=checkpoint, temporal_impl="reference")
+    return Side4VideoClassifier(FrozenBackbone(build_clip("tiny-eva").visual), spec, 5)
 
 
 BUILDS: dict[str, Callable[[bool], nn.Module]] = {
@@ -105,11 +103,13 @@ def test_meta_accounting_of_checkpointed_blocks() -> None:
 
 def test_presets_choose_checkpointing_and_the_config_overrides() -> None:
     assert create_model("e14-light", 174, device="meta").side.checkpoint  # as the authors' ViT-E code
-    assert not create_model("e14-light", 174, device="meta", side_checkpoint=False).side.checkpoint
+    no_checkpoint = SideSpec.of_preset("e14-light", checkpoint=False)
+    assert not create_model("e14-light", 174, device="meta", side=no_checkpoint).side.checkpoint
     assert not create_model("tiny", 5).side.checkpoint
-    assert create_retrieval_model("tiny-retrieval", side_checkpoint=True).side.checkpoint
+    checkpointed = SideSpec.of_preset("tiny-retrieval", checkpoint=True)
+    assert create_retrieval_model("tiny-retrieval", side=checkpointed).side.checkpoint
     with pytest.raises(ValueError, match="no side network"):
-        create_model("tiny", 5, kind="meanpool", side_checkpoint=True)
+        create_model("tiny", 5, kind="meanpool", side=SideSpec.of_preset("tiny", checkpoint=True))
     cfg = load_config(None, ["model.side_checkpoint=true"])
     assert cfg.model.side_checkpoint is True and load_config(None).model.side_checkpoint is None
     assert build_model(cfg, 4, torch.device("cpu")).side.checkpoint

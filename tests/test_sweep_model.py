@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s4v.models import create_model
+from s4v.models import SideSpec, create_model
 from s4v.models.classifier import Side4VideoClassifier, SideMember, SweepClassifier
 
 # (width, layers): the tiny tower has 4 layers, so 2 side blocks read every second one.
@@ -29,7 +29,7 @@ def _models(checkpoint: bool, form: str) -> list[Side4VideoClassifier]:
     for k, (dim, layers) in enumerate(MEMBERS):
         torch.manual_seed(100 + k)  # each member its own init, as a run of its own seed would have it
         models.append(
-            Side4VideoClassifier(first.backbone, dim, layers, 5, form=form, side_checkpoint=checkpoint).train()
+            Side4VideoClassifier(first.backbone, SideSpec(dim, layers, form=form, checkpoint=checkpoint), 5).train()
         )
     return models
 
@@ -87,7 +87,7 @@ def test_a_sweep_is_built_on_one_tower() -> None:
     a, b = create_model("tiny", num_classes=3), create_model("tiny", num_classes=3)
     with pytest.raises(ValueError, match="same frozen tower"):
         SweepClassifier.of([a, b])
-    sweep = SweepClassifier.of([a, Side4VideoClassifier(a.backbone, 64, 4, 3)])
+    sweep = SweepClassifier.of([a, Side4VideoClassifier(a.backbone, SideSpec(64, 4), 3)])
     assert len(sweep.members) == 2 and sweep.members[0].side is a.side
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from s4v.train.engine import SkippingAdamW
+from s4v.train.optimizer import SkippingAdamW
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
@@ -115,6 +115,7 @@ def test_each_member_equals_its_run_alone(synth: Path, tmp_path: Path, ranks: in
         _assert_children(db, ["lr=0.003", "side_dim=128", "lr=1e+12"])
         _assert_resume_equal(synth, tmp_path / "resumed", sweep, _members(*members))
         _assert_sweep_eval(sweep, "lr=0.003")
+        _assert_eval_tracked_per_member(db, sweep)
 
 
 def _assert_resume_equal(synth: Path, out: Path, uninterrupted: Path, members: str) -> None:
@@ -141,6 +142,23 @@ def _assert_children(db: Path, names: list[str]) -> None:
     assert children["lr=0.003"].data.params["override.optim.lr"] == "0.003"
     assert [m.step for m in client.get_metric_history(children["lr=0.003"].info.run_id, "train/loss")] == [1, 2, 3, 4]
     assert children["lr=1e+12"].info.status == "FAILED" and children["lr=0.003"].info.status == "FINISHED"
+
+
+def _assert_eval_tracked_per_member(db: Path, sweep: Path) -> None:
+    """A member's export names its own MLflow run, and launch/eval.py (on the sweep root and on the member's
+    final/) logs that member's score there, never into the parent run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("s4v-demo").experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert not [k for k in parent.data.metrics if k.startswith("eval_")]
+    for name, evaluations in (("lr=0.003", 2), ("side_dim=128", 1)):  # root and own final/; root only
+        meta = json.loads((sweep / "members" / name / "final" / "meta.json").read_text())
+        assert meta["mlflow_run_id"] == children[name].info.run_id and "members" not in meta
+        history = client.get_metric_history(children[name].info.run_id, "eval_1x1/top1")
+        assert len(history) == evaluations
 
 
 def _assert_sweep_eval(sweep: Path, name: str) -> None:

@@ -18,15 +18,10 @@ from s4v.data.config import parse_views
 from s4v.errors import UserError
 from s4v.models import PRESETS, create_model
 from s4v.train.build import build_model
-from s4v.train.engine import (
-    TrainableView,
-    keep_batchnorm_fp32,
-    load_ds_config,
-    plan_batch,
-    resolve_ds_config,
-    warmup_cosine,
-)
+from s4v.train.engine import load_ds_config, plan_batch, resolve_ds_config
 from s4v.train.evaluate import classification_metrics, predict
+from s4v.train.optimizer import warmup_cosine
+from s4v.train.precision import TrainableView, keep_batchnorm_fp32
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

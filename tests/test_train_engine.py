@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from s4v.config import load_config
+from s4v.config import load_config, load_run
 from s4v.errors import UserError
 from s4v.models import create_model
 from s4v.train.checkpoint import DataPosition, check_resumable, write_meta
-from s4v.train.engine import (
+from s4v.train.engine import plan_batch
+from s4v.train.precision import (
     Fp32BatchNorm1d,
     Fp32BatchNorm2d,
     Fp32BatchNorm3d,
     TrainableView,
     keep_batchnorm_fp32,
-    plan_batch,
     prepare_for_dtype,
 )
 from s4v.train.tasks import RecognitionTask, make_task
@@ -100,8 +100,8 @@ def test_recognition_task_loss_through_make_task() -> None:
 
 
 def test_recognition_task_loss_of_a_sweep_is_each_members_own() -> None:
-    cfg = load_config(None, ["sweep.grid.optim.label_smoothing=[0.0,0.3]"])
-    task = make_task(cfg, torch.float32, torch.device("cpu"))
+    cfg, members = load_run(None, ["sweep.grid.optim.label_smoothing=[0.0,0.3]"])
+    task = make_task(cfg, torch.float32, torch.device("cpu"), members=members)  # the members resolved at load
     logits = torch.randn(2, 4, 5)  # (members, batch, classes)
     batch = {"video": torch.zeros(4), "label": torch.tensor([1, 3, 0, 2]), "index": torch.arange(4)}
     expected = [

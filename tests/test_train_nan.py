@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from s4v.train.engine import SkippingAdamW
+from s4v.train.optimizer import SkippingAdamW
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,7 @@ from s4v.models.classifier import SweepClassifier
 from s4v.models.presets import create_model, create_retrieval_model
 from s4v.models.retrieval import symmetric_info_nce
 from s4v.models.side import SideOptions
+from s4v.models.side_spec import SideSpec
 
 RETRIEVAL_TEXT_LENGTH = 32  # CLIP4Clip / Side4Video max_words
 SIDE4VIDEO = ("ours", "ours-light", "side4video")
@@ -73,10 +74,9 @@ def _retrieval_loss(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
     return symmetric_info_nce(model(video, text).float())
 
 
-def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
-    """Through the training factory: the backbone's "ours" (largest) or "ours-light" (smallest) preset,
-    with `layers` / `dim` / `checkpoint` (side blocks recomputed in backward; default: the preset's)
-    and Table 9 options overriding its side network.
+def _side_spec(preset: str, spec: MethodSpec) -> SideSpec:
+    """`preset`'s side network with the spec's `layers` / `dim` / `checkpoint` (side blocks recomputed in
+    backward), `temporal_impl` and Table 9 options in place of the preset's.
 
     The accounting uses the eager temporal branch by default: the same ops on meta and on CUDA, so
     accounting and measurement compare like for like ("auto" would pick the fused Triton branch on CUDA).
@@ -84,17 +84,17 @@ def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
     opts = dict(spec.options)
     layers, dim, checkpoint = opts.pop("layers", None), opts.pop("dim", None), opts.pop("checkpoint", None)
     temporal_impl = opts.pop("temporal_impl", "reference")
-    preset = find_preset("recognition", spec.backbone, largest=spec.method == "ours")
-    return create_model(
-        preset,
-        spec.num_classes,
-        device=device,
-        temporal_impl=temporal_impl,
-        side_layers=layers,
-        side_dim=dim,
-        side_options=SideOptions(**opts),
-        side_checkpoint=checkpoint,
+    options = SideOptions(**opts) if opts else None
+    return SideSpec.of_preset(
+        preset, dim=dim, layers=layers, options=options, checkpoint=checkpoint, temporal_impl=temporal_impl
     )
+
+
+def _side4video(spec: MethodSpec, device: torch.device) -> nn.Module:
+    """Through the training factory: the backbone's "ours" (largest) or "ours-light" (smallest) preset,
+    its side network as `_side_spec` changes it."""
+    preset = find_preset("recognition", spec.backbone, largest=spec.method == "ours")
+    return create_model(preset, spec.num_classes, device=device, side=_side_spec(preset, spec))
 
 
 def _sweep(spec: MethodSpec, device: torch.device) -> nn.Module:
@@ -114,7 +114,7 @@ def _build(spec: MethodSpec, device: torch.device) -> nn.Module:
         return CLIP4Clip(spec.backbone, spec.frames, freeze_visual=m.endswith("frozen"), device=device)
     if m == "ours-retrieval":
         preset = find_preset("retrieval", spec.backbone)
-        return create_retrieval_model(preset, device=device, **dict(dict(temporal_impl="reference"), **spec.options))
+        return create_retrieval_model(preset, device=device, side=_side_spec(preset, spec))
     return build_baseline(m, spec.backbone, spec.num_classes, spec.frames, device)
 
 

@@ -24,6 +24,7 @@ _EXPORTS = {
     "create_model": "s4v.models.presets",
     "create_retrieval_model": "s4v.models.presets",
     "SideOptions": "s4v.models.side",
+    "SideSpec": "s4v.models.side_spec",
     "VideoTextRetrieval": "s4v.models.retrieval",
     "symmetric_info_nce": "s4v.models.retrieval",
 }

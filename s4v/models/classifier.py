@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from s4v.choices import BlockForm, TemporalImpl
+from s4v.choices import BlockForm
 from s4v.models.backbone import FrozenBackbone
-from s4v.models.side import PAPER_SIDE, SideNetwork, SideOptions, batchnorm_tokens, run_side_networks
+from s4v.models.side import SideNetwork, batchnorm_tokens, run_side_networks
+from s4v.models.side_spec import SideSpec
 
 
 class RecognitionHead(nn.Module):
@@ -49,22 +50,11 @@ class VideoClassifier(nn.Module):
 class Side4VideoClassifier(VideoClassifier):
     """Frozen tower + side network + GAP head; gradients never enter the tower."""
 
-    def __init__(
-        self,
-        backbone: FrozenBackbone,
-        side_dim: int,
-        side_layers: int,
-        num_classes: int,
-        dropout: float = 0.0,
-        temporal_impl: TemporalImpl = "auto",
-        options: SideOptions = PAPER_SIDE,
-        form: BlockForm = "pre",
-        side_checkpoint: bool = False,
-    ) -> None:
+    def __init__(self, backbone: FrozenBackbone, spec: SideSpec, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.side = SideNetwork.on(backbone.shape, side_dim, side_layers, temporal_impl, options, form, side_checkpoint)
-        self.head = RecognitionHead(side_dim, num_classes, dropout, form)
+        self.side = SideNetwork(backbone.shape, spec)
+        self.head = RecognitionHead(spec.dim, num_classes, dropout, spec.form)
 
     def forward(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) CLIP-normalised frames -> logits (B, classes)."""

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task, TemporalImpl
+from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task
 from s4v.models.architectures import PRESETS, Preset
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier
 from s4v.models.retrieval import VideoTextRetrieval
 from s4v.models.sharding import shard_frozen_blocks
-from s4v.models.side import PAPER_SIDE, SideOptions
+from s4v.models.side_spec import SideSpec
 
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 
@@ -41,13 +41,18 @@ def _shard(mesh: DeviceMesh | None, compile_frozen: CompileFrozen) -> Callable[[
     return shard_frozen_blocks(mesh)
 
 
-def _side_checkpoint(p: Preset, kind: ModelKind, side_checkpoint: bool | None) -> bool:
-    """The asked side-block checkpointing, or the preset's; a model without a side network takes none."""
+def _side_spec(preset: str, kind: ModelKind, side: SideSpec | None) -> SideSpec | None:
+    """The side network to build: `side`, or the preset's (None); a model without a side network takes none."""
     if kind != "side4video":
-        if side_checkpoint:
-            raise ValueError(f"side_checkpoint: the {kind} model has no side network to checkpoint")
-        return False
-    return p.side_checkpoint if side_checkpoint is None else side_checkpoint
+        if side is not None:
+            raise ValueError(f"side: the {kind} model has no side network")
+        return None
+    if side is None:
+        return SideSpec.of_preset(preset)
+    form = PRESETS[preset].tower.block_form
+    if side.form != form:
+        raise ValueError(f"side.form: {side.form!r}, but the side blocks of preset {preset!r} are {form!r}")
+    return side
 
 
 def create_model(
@@ -58,28 +63,24 @@ def create_model(
     attn_backend: AttnBackend = "sdpa",
     device: str | torch.device = "cpu",
     frozen_dtype: torch.dtype | None = None,
-    temporal_impl: TemporalImpl = "auto",
     dropout: float | None = None,
-    side_layers: int | None = None,
-    side_dim: int | None = None,
-    side_options: SideOptions = PAPER_SIDE,
     compile_frozen: CompileFrozen = "none",
     frozen_mesh: DeviceMesh | None = None,
-    side_checkpoint: bool | None = None,
+    side: SideSpec | None = None,
     side_seed: int | None = None,
 ) -> VideoClassifier:
     """Build a recognition model on a frozen tower; weights of the tower from a local file if given.
 
-    `side_layers` / `side_dim` / `side_options` change the preset's side network (Table 9, `s4v plan`);
-    `compile_frozen` is the torch.compile mode of the frozen blocks (`FrozenBackbone`); `frozen_mesh` shards
-    the frozen blocks over its ranks (`s4v.models.sharding`; None: each rank holds the whole tower);
-    `side_checkpoint` recomputes side blocks in backward (None: the preset's choice); `side_seed` reseeds
-    torch's generator before the trainable modules are made, so their init does not depend on the tower's.
+    `side` is the side network (None: the preset's; `SideSpec.of_preset` changes it: Table 9, `s4v plan`,
+    side-block checkpointing, temporal kernels); `compile_frozen` is the torch.compile mode of the frozen
+    blocks (`FrozenBackbone`); `frozen_mesh` shards the frozen blocks over its ranks (`s4v.models.sharding`;
+    None: each rank holds the whole tower); `side_seed` reseeds torch's generator before the trainable
+    modules are made, so their init does not depend on the tower's.
     """
     p = _checked_preset(preset, kind, "recognition")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    _side_checkpoint(p, kind, side_checkpoint)  # refused for a model without a side network, before any build
+    side = _side_spec(preset, kind, side)  # refused for a model without a side network, before any build
     # Only the visual tower is made real (the text tower stays on the meta device), directly in frozen_dtype.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, ("visual",), _shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
@@ -88,38 +89,23 @@ def create_model(
     if kind == "meanpool":
         with torch.device(device):
             return MeanPoolProbe(backbone, num_classes)
-    return side_classifier(
-        backbone, preset, num_classes, device, temporal_impl, dropout, side_layers, side_dim, side_options,
-        side_checkpoint,
-    )  # fmt: skip
+    return side_classifier(backbone, preset, num_classes, side, device, dropout)
 
 
 def side_classifier(
     backbone: FrozenBackbone,
     preset: str,
     num_classes: int,
+    side: SideSpec | None = None,
     device: str | torch.device = "cpu",
-    temporal_impl: TemporalImpl = "auto",
     dropout: float | None = None,
-    side_layers: int | None = None,
-    side_dim: int | None = None,
-    side_options: SideOptions = PAPER_SIDE,
-    side_checkpoint: bool | None = None,
 ) -> Side4VideoClassifier:
-    """A preset's side network and head on an existing tower (`create_model`'s; a sweep's further members)."""
+    """A side network (None: the preset's) and the preset's head on an existing tower (`create_model`'s; a
+    sweep's further members)."""
     p = _checked_preset(preset, "side4video", "recognition")
+    spec = _side_spec(preset, "side4video", side)
     with torch.device(device):
-        return Side4VideoClassifier(
-            backbone,
-            side_dim or p.side_dim,
-            side_layers or p.side_layers,
-            num_classes,
-            p.head_dropout if dropout is None else dropout,
-            temporal_impl,
-            side_options,
-            p.tower.block_form,
-            _side_checkpoint(p, "side4video", side_checkpoint),
-        )
+        return Side4VideoClassifier(backbone, spec, num_classes, p.head_dropout if dropout is None else dropout)
 
 
 def create_retrieval_model(
@@ -130,27 +116,18 @@ def create_retrieval_model(
     attn_backend: AttnBackend = "sdpa",
     device: str | torch.device = "cpu",
     frozen_dtype: torch.dtype | None = None,
-    temporal_impl: TemporalImpl = "auto",
     compile_frozen: CompileFrozen = "none",
     frozen_mesh: DeviceMesh | None = None,
-    side_layers: int | None = None,
-    side_dim: int | None = None,
-    side_checkpoint: bool | None = None,
+    side: SideSpec | None = None,
 ) -> VideoTextRetrieval:
     """Text-video retrieval model; `kind="meanpool"` is CLIP4Clip with a frozen image tower.
 
-    The other arguments are `create_model`'s.
+    The other arguments are `create_model`'s (the preset's side network has the reference's retrieval options).
     """
     p = _checked_preset(preset, kind, "retrieval")
-    checkpoint_side = _side_checkpoint(p, kind, side_checkpoint)
+    side = _side_spec(preset, kind, side)
     # The text tower (trained) stays fp32.
     clip = build_clip(p.backbone, checkpoint, device, frozen_dtype, shard=_shard(frozen_mesh, compile_frozen))
     backbone = FrozenBackbone(clip.visual, attn_backend, frozen_dtype, compile_frozen)
-    if kind == "side4video":
-        side_dim, side_layers = side_dim or p.side_dim, side_layers or p.side_layers
-    else:
-        side_dim, side_layers = None, None
     with torch.device(device):
-        return VideoTextRetrieval(
-            clip, backbone, side_dim, side_layers, matching, temporal_impl, p.tower.block_form, checkpoint_side
-        )
+        return VideoTextRetrieval(clip, backbone, side, matching)

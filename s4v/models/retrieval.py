@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.choices import BlockForm, Matching, TemporalImpl
+from s4v.choices import Matching
 from s4v.models.backbone import FrozenBackbone
 from s4v.models.matching import Matcher
-from s4v.models.side import SideNetwork, SideOptions, batchnorm_tokens
+from s4v.models.side import SideNetwork, batchnorm_tokens
+from s4v.models.side_spec import SideSpec
 from s4v.models.text import TextEncoder
 
 # Pretrained CLIP parts: lr 1e-7 in the recipe (the reference's coef_lr 1e-3 of lr 1e-4).
 CLIP_MODULE_PREFIXES = ("text.", "visual_head.", "temperature.")
 MAX_LOGIT_SCALE = math.log(100)  # the reference clamps CLIP's logit scale to <= ln 100 after each step
-RETRIEVAL_SIDE = SideOptions(cls_pos=True)  # module_clip.py: N + 1 position rows, the shifted [CLS] has one
 INITIALIZER_RANGE = 0.02  # CLIP4Clip's re-initialisation of new Linear modules (until_module.py)
 
 FeatureGather = Callable[[Tensor], Tensor]
@@ -71,30 +71,23 @@ class VisualHead(nn.Module):
 
 
 class VideoTextRetrieval(nn.Module):
-    """Frozen image tower, optional side network, trainable text tower, a matcher (WTI by default)."""
+    """Frozen image tower, optional side network, trainable text tower, a matcher (WTI by default).
+
+    `spec`: the side network (the reference's: `side_spec.RETRIEVAL_SIDE` options); None: CLIP4Clip's frozen tower.
+    """
 
     def __init__(
-        self,
-        clip: nn.Module,
-        backbone: FrozenBackbone,
-        side_dim: int | None,
-        side_layers: int | None,
-        matching: Matching = "wti",
-        temporal_impl: TemporalImpl = "auto",
-        form: BlockForm = "pre",
-        side_checkpoint: bool = False,
+        self, clip: nn.Module, backbone: FrozenBackbone, spec: SideSpec | None, matching: Matching = "wti"
     ) -> None:
         super().__init__()
         self.backbone = backbone
         shape = backbone.shape
         self.visual_head = VisualHead(backbone)
         self.side = None
-        if side_dim is not None:
-            self.side = SideNetwork.on(
-                shape, side_dim, side_layers, temporal_impl, RETRIEVAL_SIDE, form, side_checkpoint
-            )
-            self.side_bn = nn.BatchNorm3d(side_dim)
-            self.up = nn.Linear(side_dim, shape.width, bias=False)
+        if spec is not None:
+            self.side = SideNetwork(shape, spec)
+            self.side_bn = nn.BatchNorm3d(spec.dim)
+            self.up = nn.Linear(spec.dim, shape.width, bias=False)
         self.text = TextEncoder(clip)
         self.temperature = Temperature(clip.logit_scale)
         self.matcher = Matcher(matching, shape.embed_dim)

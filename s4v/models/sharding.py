@@ -6,7 +6,7 @@ pre-forward hook all-gathers it just before it runs and, with `reshard_after_for
 copy right after, so one block (two with FSDP2's prefetch) is whole at a time, for one all-gather per block
 per forward. The blocks run under no_grad, so FSDP2 never reduces a gradient: it is a weight store here,
 beside the DeepSpeed engine that trains the side network (which never sees the tower, see
-`s4v.train.engine.TrainableView`). Embeddings, final norm and projection (3 M of ViT-E's 4.4 B parameters)
+`s4v.train.precision.TrainableView`). Embeddings, final norm and projection (3 M of ViT-E's 4.4 B parameters)
 stay replicated. Sharding is applied on the meta device, before any tensor is made real, so loading
 (`build_clip(..., shard=...)`) writes each rank's slice straight from the file.
 """

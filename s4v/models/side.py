@@ -30,11 +30,9 @@ from s4v.choices import BlockForm, SideOptions, TemporalImpl
 from s4v.kernels import TemporalConvBranch
 from s4v.models.backbone import TowerShape
 from s4v.models.fusion import DownNorm, NormDown
+from s4v.models.side_spec import PAPER_SIDE, SideSpec
 
 PROJ_DEPTH_SCALE = 24**-0.5  # reference init: out-proj and fc2 std d^-0.5 * 24^-0.5
-
-
-PAPER_SIDE = SideOptions()
 
 
 def batchnorm_tokens(bn: nn.BatchNorm3d, s: Tensor) -> Tensor:
@@ -218,41 +216,47 @@ def _checkpoint_contexts(block: nn.Module) -> tuple[AbstractContextManager, Abst
 class SideNetwork(nn.Module):
     """Stem + l side blocks; `forward` drives the frozen tower so only one frozen layer is alive at a time.
 
-    `checkpoint`: each side block is recomputed in backward (non-reentrant `torch.utils.checkpoint`), so
+    `spec.checkpoint`: each side block is recomputed in backward (non-reentrant `torch.utils.checkpoint`), so
     only its inputs are kept: the side tokens s and the frozen features Z, which the block's fusion keeps
     anyway. Same values and gradients as without it, for one more side forward.
     """
 
-    def __init__(
-        self,
-        vit_width: int,
-        vit_layers: int,
-        patch_size: int,
-        num_patches: int,
-        dim: int,
-        layers: int,
-        temporal_impl: TemporalImpl = "auto",
-        options: SideOptions = PAPER_SIDE,
-        form: BlockForm = "pre",
-        checkpoint: bool = False,
-    ) -> None:
+    def __init__(self, tower: TowerShape, spec: SideSpec) -> None:
+        """`spec.layers` blocks of width `spec.dim` reading the frozen tower of shape `tower`."""
         super().__init__()
-        self.dim = dim
-        self.options, self.form = options, form
-        self.checkpoint = checkpoint
-        self.read_layers = read_layers(vit_layers, layers, options.layer_choice)
+        self.spec = spec
+        dim, options = spec.dim, spec.options
+        self.read_layers = read_layers(tower.layers, spec.layers, options.layer_choice)
         self.stem = nn.Conv3d(
             3,
             dim,
-            kernel_size=(3, patch_size, patch_size),
-            stride=(1, patch_size, patch_size),
+            kernel_size=(3, tower.patch_size, tower.patch_size),
+            stride=(1, tower.patch_size, tower.patch_size),
             padding=(1, 0, 0),
         )
         self.stem_bn = nn.BatchNorm3d(dim)
-        self.pos = nn.Parameter(torch.empty(num_patches + options.cls_pos, dim))
-        self.blocks = nn.ModuleList(SideBlock(dim, vit_width, temporal_impl, options, form) for _ in range(layers))
+        self.pos = nn.Parameter(torch.empty(tower.num_patches + options.cls_pos, dim))
+        self.blocks = nn.ModuleList(
+            SideBlock(dim, tower.width, spec.temporal_impl, options, spec.form) for _ in range(spec.layers)
+        )
         self.extra_cls = nn.Parameter(torch.empty(dim)) if options.representation == "extra-cls" else None
         self.reset_parameters()
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def options(self) -> SideOptions:
+        return self.spec.options
+
+    @property
+    def form(self) -> BlockForm:
+        return self.spec.form
+
+    @property
+    def checkpoint(self) -> bool:
+        return self.spec.checkpoint
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -279,31 +283,6 @@ class SideNetwork(nn.Module):
             nn.init.normal_(blk.mlp[2].weight, std=d**-0.5 * PROJ_DEPTH_SCALE)
             for lin in (blk.attn.in_proj, blk.attn.out_proj, blk.mlp[0], blk.mlp[2]):
                 nn.init.zeros_(lin.bias)
-
-    @classmethod
-    def on(
-        cls,
-        tower: TowerShape,
-        dim: int,
-        layers: int,
-        temporal_impl: TemporalImpl = "auto",
-        options: SideOptions = PAPER_SIDE,
-        form: BlockForm = "pre",
-        checkpoint: bool = False,
-    ) -> SideNetwork:
-        """A side network of `layers` x `dim` reading the frozen tower of shape `tower`."""
-        return cls(
-            tower.width,
-            tower.layers,
-            tower.patch_size,
-            tower.num_patches,
-            dim,
-            layers,
-            temporal_impl,
-            options,
-            form,
-            checkpoint,
-        )
 
     def stem_tokens(self, video: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> (B, T, N, d)."""

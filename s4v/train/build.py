@@ -16,6 +16,7 @@ from s4v.errors import UserError
 from s4v.models import create_model, create_retrieval_model
 from s4v.models.classifier import SweepClassifier
 from s4v.models.presets import side_classifier
+from s4v.models.side_spec import SideSpec
 from s4v.train.distributed import gather_with_grad
 
 
@@ -44,28 +45,23 @@ def build_model(
     if len(members) > 1:
         return _sweep_model(cfg, num_classes, device, frozen_dtype, members)
     check_preset(cfg)  # load_config checks it too; a Config built in code has not been through it
-    name, temporal_impl = cfg.model.preset, cfg.model.temporal_impl
+    name = cfg.model.preset
     common = {
         "kind": cfg.model.kind,
         "checkpoint": cfg.model.checkpoint,
         "attn_backend": cfg.model.attn_backend,
         "device": device,
         "frozen_dtype": frozen_dtype,
-        "temporal_impl": temporal_impl,
         "compile_frozen": cfg.model.compile_frozen,
         "frozen_mesh": frozen_mesh(cfg, device),
-        "side_layers": cfg.model.side_layers,
-        "side_dim": cfg.model.side_dim,
-        "side_checkpoint": cfg.model.side_checkpoint,
+        "side": SideSpec.from_model_config(cfg.model),
     }
     torch.manual_seed(cfg.train.seed)
     if cfg.model.task == "retrieval":
         model = create_retrieval_model(name, matching=cfg.model.matching, **common)
         model.feature_gather = gather_with_grad  # negatives from every data-parallel rank's batch
         return model
-    return create_model(
-        name, num_classes, dropout=cfg.model.dropout, side_options=cfg.model.side, side_seed=cfg.train.seed, **common
-    )
+    return create_model(name, num_classes, dropout=cfg.model.dropout, side_seed=cfg.train.seed, **common)
 
 
 def _sweep_model(
@@ -78,11 +74,8 @@ def _sweep_model(
         torch.manual_seed(member.train.seed)
         m = member.model
         models.append(
-            side_classifier(
-                first.backbone, m.preset, num_classes, device, m.temporal_impl, m.dropout, m.side_layers, m.side_dim,
-                m.side, m.side_checkpoint,
-            )
-        )  # fmt: skip
+            side_classifier(first.backbone, m.preset, num_classes, SideSpec.from_model_config(m), device, m.dropout)
+        )
     return SweepClassifier.of(models)
 
 

@@ -34,7 +34,7 @@ from s4v.errors import UserError
 from s4v.train import elastic
 from s4v.train.build import check_fingerprint
 from s4v.train.distributed import barrier
-from s4v.train.engine import compute_dtype
+from s4v.train.precision import compute_dtype
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine

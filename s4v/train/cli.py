@@ -55,19 +55,19 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    from s4v.config import check_paths, load_config
+    from s4v.config import check_paths, load_run
 
     run, ds = split_overrides(args.overrides)
-    cfg = load_config(args.config, run)
+    cfg, members = load_run(args.config, run)
     check_paths(cfg)
     if not Path(args.ds).is_file():
         raise UserError(f"--ds {args.ds!r}: DeepSpeed JSON not found")
     # Imported only now: torch, DeepSpeed and the data stack take seconds to load.
     from s4v.train.distributed import shutdown_distributed
-    from s4v.train.trainer import train
+    from s4v.train.trainer import Trainer
 
     try:
-        result = train(cfg, args.ds, ds, args.resume)
+        result = Trainer(cfg, args.ds, ds, args.resume, members).train()
     finally:
         shutdown_distributed()
     if "stopped" in result:
@@ -100,29 +100,21 @@ def eval_main(argv: list[str]) -> int:
     directory = Path(args.checkpoint)
     if not directory.is_dir():
         raise UserError(f"--checkpoint {str(directory)!r}: no such directory")
-    if is_sweep_root(directory):
-        from s4v.train.distributed import shutdown_distributed
-        from s4v.train.eval_job import evaluate_sweep
-
-        try:
-            evaluate_sweep(directory, args.views, args.overrides, args.out, args.dtype)
-        finally:
-            shutdown_distributed()
-        return 0
-    if not (directory / "config.yaml").is_file():
-        raise UserError(
-            f"--checkpoint {str(directory)!r}: not a checkpoint directory (no config.yaml); "
-            "pass a run's final/ or a checkpoints/step_* directory"
-        )
-    crops, clips = parse_views(args.views)
-    # The same config the evaluation job loads, checked here while nothing heavy is imported yet.
-    views = [f"data.test_crops={crops}", f"data.test_clips={clips}"]
-    check_paths(load_config(directory / "config.yaml", [*args.overrides, *views]))
+    if not is_sweep_root(directory):
+        if not (directory / "config.yaml").is_file():
+            raise UserError(
+                f"--checkpoint {str(directory)!r}: not a checkpoint directory (no config.yaml); "
+                "pass a run's final/ or a checkpoints/step_* directory"
+            )
+        crops, clips = parse_views(args.views)
+        # The same config the evaluation job loads, checked here while nothing heavy is imported yet.
+        views = [f"data.test_crops={crops}", f"data.test_clips={clips}"]
+        check_paths(load_config(directory / "config.yaml", [*args.overrides, *views]))
     from s4v.train.distributed import shutdown_distributed
-    from s4v.train.eval_job import evaluate_checkpoint
+    from s4v.train.eval_job import evaluate
 
     try:
-        evaluate_checkpoint(directory, args.views, args.overrides, args.out, args.dtype)
+        evaluate(directory, args.views, args.overrides, args.out, args.dtype)
     finally:
         shutdown_distributed()
     return 0

@@ -1,14 +1,18 @@
-"""The members of a training run: what the trainer keeps per member beside the shared pass.
+"""The members of a training run: one object per side network trained on the shared frozen pass.
 
-Every run is a sweep of K members (`s4v.config` (sweeps); K = 1 without a `sweep` section). `Members` holds their
-names, configs and trainable modules, the zero loss a stopped member contributes, their evaluation
-history, failures and MLflow child runs, and writes their exports (`<out>/members/<name>/final/`, each a
-normal export of that member's config) and the sweep report. A run without a sweep keeps its one member's
-export in `<out>/final/` and tracks in its own MLflow run.
+Every run is a set of K members (`s4v.config` resolves a `sweep` section; K = 1 without one). A `Member`
+is everything the run knows of one of them: its name, overrides and config, its trainable modules, its
+saved `MemberState` (bad steps, skipped steps, failure, evaluation history, MLflow run id), its tracker,
+export and evaluation directories and how messages name it. `MemberSet` is what the trainer talks to; it
+saves and restores the states by member name (`state_dict` / `load_state_dict`). Where a member's files
+go and how it is tracked is the `RunLayout`'s to say.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,134 +20,252 @@ from typing import Any
 import torch
 from torch import nn
 
-from s4v.config import MEMBERS_DIR, Member, is_sweep
-from s4v.tracking import ChildRun, Tracker
+from s4v.config import MemberSpec, flatten, to_dict
+from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
+from s4v.train.layout import RunLayout
 from s4v.train.sweep_report import write_sweep_report
 from s4v.train.tasks import Metrics, Task
 
+STATE_VERSION = 2  # meta["members"]: {"version": 2, "states": {name: MemberState}}; version 1 had lists
 
-class Members:
-    """The K members of the run of `cfg` (`members`: its resolved sweep): `modules[k]` holds member k's
-    trainable state (with one member: the whole trainable view)."""
 
-    def __init__(self, cfg: Any, members: list[Member], model: nn.Module, view: nn.Module) -> None:
-        self.sweep = is_sweep(cfg)
-        self.list = members  # resolve_members(cfg), resolved once by the trainer
-        self.names = [m.name for m in self.list]
-        self.modules: list[nn.Module] = list(model.members) if hasattr(model, "members") else [view]
-        self.history: list[list[dict[str, Any]]] = [[] for _ in self.list]
-        self.failures: dict[int, str] = {}
-        self.children: list[ChildRun | None] = [None] * len(self.list)
-        self.grad_bad = torch.zeros(len(self.list), dtype=torch.bool)  # see guard_gradients
+@dataclass
+class MemberState:
+    """What a checkpoint keeps of one member."""
+
+    bad_in_a_row: int = 0
+    skipped_steps: int = 0
+    failure: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    def bad_step(self) -> int:
+        """Count a skipped step; returns how many in a row."""
+        self.bad_in_a_row += 1
+        self.skipped_steps += 1
+        return self.bad_in_a_row
+
+    def good_step(self) -> None:
+        self.bad_in_a_row = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        fresh = MemberState(**state)
+        self.__dict__.update(fresh.__dict__)
+
+
+class Member:
+    """One member: `module` holds its trainable state (a plain run's: the whole trainable view)."""
+
+    def __init__(self, spec: MemberSpec, module: nn.Module, layout: RunLayout) -> None:
+        self.name, self.overrides, self.cfg = spec.name, spec.overrides, spec.cfg
+        self.module = module
+        self.state = MemberState()
+        self.final_dir, self.eval_dir = layout.final_dir(self.name), layout.eval_dir(self.name)
+        self.label = layout.label(self.name)
+        self.export_extra = layout.export_meta(self.name, self.overrides)
+        self.tracker: Tracker | None = None  # set by MemberSet.start_tracking on rank 0
+
+    @property
+    def failed(self) -> bool:
+        return self.state.failure is not None
+
+    def zero_loss(self) -> torch.Tensor:
+        """A loss of 0 that still reaches every parameter, so DeepSpeed sees finite (zero) gradients for a
+        member whose own loss is not finite or that has failed."""
+        return sum(p.sum() for p in self.module.parameters()) * 0.0
+
+    def track(self, metrics: dict[str, float], step: int) -> None:
+        if self.tracker is not None and not self.failed:
+            self.tracker.log_metrics(metrics, step)
+
+    def export(self, run_meta: dict[str, Any], step: int) -> Path:
+        """Rank 0: this member as a normal `final/` of its own config, with its own MLflow run id."""
+        meta = {**run_meta, "mlflow_run_id": self.state.mlflow_run_id, **self.export_extra, "step": step}
+        return ckpt.export_trainable(self.module, self.final_dir, self.cfg, meta)
+
+
+class MemberSet:
+    """The run's members, in sweep order; told what happened, it keeps each member's state."""
+
+    def __init__(self, layout: RunLayout, specs: Sequence[MemberSpec], modules: Sequence[nn.Module]) -> None:
+        self.layout = layout
+        self.members = [Member(s, m, layout) for s, m in zip(specs, modules, strict=True)]
+        self.grad_bad = torch.zeros(len(self.members), dtype=torch.bool)  # see guard_gradients
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.members)
+
+    def __getitem__(self, k: int) -> Member:
+        return self.members[k]
+
+    @property
+    def failed(self) -> set[int]:
+        return {k for k, m in enumerate(self.members) if m.failed}
+
+    @property
+    def live(self) -> list[int]:
+        return [k for k, m in enumerate(self.members) if not m.failed]
 
     def guard_gradients(self) -> None:
-        """A sweep's members keep their non-finite gradients to themselves: a hook on each parameter notes a
-        member whose gradient is not finite (`grad_bad`) and hands DeepSpeed zeros in its place, so
-        DeepSpeed's overflow check over all members (bf16, ZeRO 1-2) never skips the others' step. Not
-        with fp16, whose dynamic loss scale needs to see overflows (fp16 sweeps are refused)."""
-        device = next(self.modules[0].parameters()).device
+        """Where the layout asks for it (a sweep), a hook on each parameter notes a member whose gradient is not
+        finite (`grad_bad`) and hands DeepSpeed zeros in its place, so DeepSpeed's overflow check over all
+        members (bf16, ZeRO 1-2) never skips the others' step. Not with fp16 (refused for sweeps), whose
+        dynamic loss scale needs to see overflows."""
+        if not self.layout.guards_gradients:
+            return
+        device = next(self.members[0].module.parameters()).device
         self.grad_bad = torch.zeros(len(self), dtype=torch.bool, device=device)
-        for k, module in enumerate(self.modules):
-            for p in module.parameters():
+        for k, member in enumerate(self.members):
+            for p in member.module.parameters():
                 p.register_hook(partial(self._checked_grad, k))
 
     def _checked_grad(self, k: int, grad: torch.Tensor) -> torch.Tensor:
         self.grad_bad[k] |= ~torch.isfinite(grad).all()  # no host sync: read once per step
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def __len__(self) -> int:
-        return len(self.list)
+    def total_loss(self, losses: torch.Tensor) -> torch.Tensor:
+        """The sum to backpropagate: a member's non-finite loss (or a failed member's) is replaced by a zero
+        one, so its gradients are zeros, never NaN, and the members' backward passes stay apart."""
+        finite = torch.isfinite(losses).tolist()
+        return sum(losses[k] if finite[k] and not m.failed else m.zero_loss() for k, m in enumerate(self.members))
 
-    def zero_loss(self, k: int) -> torch.Tensor:
-        """A loss of 0 that still reaches every parameter of member k, so DeepSpeed sees finite (zero)
-        gradients for a member whose own loss is not finite or that has failed."""
-        return sum(p.sum() for p in self.modules[k].parameters()) * 0.0
+    def lrs(self, optimizer: torch.optim.Optimizer) -> list[float]:
+        """Each member's lr: its last parameter group's (retrieval's one member: the new modules, after CLIP's)."""
+        lrs = {group["member"]: group["lr"] for group in optimizer.param_groups}
+        return [lrs[k] for k in range(len(self))]
 
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint's meta.json keeps of the members (names checked on resume)."""
-        return {
-            "names": self.names,
-            "failures": {self.names[k]: why for k, why in self.failures.items()},
-            "history": dict(zip(self.names, self.history, strict=True)),
-            "mlflow_run_ids": [c.run_id if c else None for c in self.children],
-        }
+    # -- checkpoints ---------------------------------------------------------------------------------------
 
-    def load_state(self, state: dict[str, Any] | None) -> list[str | None]:
-        """Restore failures and history from a checkpoint's meta; returns the members' MLflow run ids."""
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "states": {m.name: m.state.state_dict() for m in self.members}}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore every member's state by name; reads the first format too (parallel lists and name maps,
+        without skipped-step counts, written before members were objects)."""
         if not state:
-            return [None] * len(self)
-        self.failures.clear()  # in place: the guard shares this dict
-        self.failures.update({self.names.index(n): why for n, why in state["failures"].items()})
-        self.history = [state["history"][n] for n in self.names]
-        return list(state["mlflow_run_ids"])
-
-    def start_tracking(self, tracker: Tracker, run_ids: list[str | None], fresh: bool) -> None:
-        """One nested MLflow run per member of a sweep, with its overrides and resolved config as params."""
-        if not self.sweep:
             return
-        from s4v.config import flatten, to_dict
+        if state.get("version") != STATE_VERSION:
+            state = _from_v1(state)
+        for m in self.members:
+            m.state.load_state_dict(state["states"][m.name])
 
-        for k, member in enumerate(self.list):
-            child = ChildRun(tracker, member.name, run_ids[k])
-            if fresh:
-                child.log_params({"member": member.name, **flatten(to_dict(member.cfg))})
-                child.log_params({f"override.{key}": v for key, v in member.overrides.items()})
-            self.children[k] = child
+    # -- tracking ------------------------------------------------------------------------------------------
 
-    def tracker_of(self, k: int, parent: Tracker) -> Tracker | ChildRun:
-        return self.children[k] or parent
+    def start_tracking(self, run: Tracker, fresh: bool) -> None:
+        """Rank 0: each member's tracker (the layout says which); a new child run logs its overrides and config."""
+        for m in self.members:
+            m.tracker = self.layout.tracker(run, m.name, m.state.mlflow_run_id)
+            m.state.mlflow_run_id = m.tracker.run_id
+            if fresh and m.tracker is not run:
+                m.tracker.log_params({"member": m.name, **flatten(to_dict(m.cfg))})
+                m.tracker.log_params({f"override.{key}": v for key, v in m.overrides.items()})
 
-    def fail(self, k: int) -> None:
-        """Member k has failed (the guard recorded why): its MLflow run ends FAILED."""
-        if self.children[k] is not None:
-            self.children[k].finish("FAILED")
+    def fail(self, k: int, why: str) -> None:
+        """Member k has failed: it is marked, and its own MLflow run (a sweep's child) ends FAILED."""
+        member = self.members[k]
+        member.state.failure = why
+        if member.tracker is not None and member.tracker.nested:
+            member.tracker.finish("FAILED")
 
     def finish(self, status: str) -> None:
-        """End every member's MLflow run still open (a stopped run: KILLED, resumable; a failed one: FAILED)."""
-        for child in self.children:
-            if child is not None and child.active:
-                child.finish(status)
+        """End every member's own MLflow run still open (a stopped run: KILLED, resumable; a failed one: FAILED)."""
+        for m in self.members:
+            if m.tracker is not None and m.tracker.nested and m.tracker.active:
+                m.tracker.finish(status)
 
-    def record_eval(self, task: Task, metrics: list[Metrics], epoch: int, step: int) -> None:
-        for k, m in enumerate(metrics):
-            if k not in self.failures:
-                self.history[k].append({"epoch": epoch, "step": step, **task.tracked(m)})
+    # -- evaluation and results ----------------------------------------------------------------------------
 
-    def member_dir(self, out: Path, k: int) -> Path:
-        return out / MEMBERS_DIR / self.names[k]
-
-    def export(self, out: Path, meta: dict[str, Any], step: int) -> list[Path | None]:
-        """Rank 0: each member that has not failed as a normal `final/` of its own config."""
-        finals: list[Path | None] = []
-        for k, member in enumerate(self.list):
-            if k in self.failures:
-                finals.append(None)
+    def record_eval(self, task: Task, results: Sequence[Metrics], epoch: int, step: int, is_main: bool) -> None:
+        """Every rank: each live member's history; rank 0 also writes its report, prints and tracks it."""
+        for m, metrics in zip(self.members, results, strict=True):
+            if m.failed:
                 continue
-            final = self.member_dir(out, k) / "final"
-            extra = {"sweep_member": member.name, "sweep_overrides": member.overrides}
-            finals.append(ckpt.export_trainable(self.modules[k], final, member.cfg, {**meta, **extra, "step": step}))
-        return finals
+            m.state.history.append({"epoch": epoch, "step": step, **task.tracked(metrics)})
+            if is_main:
+                task.write_report(metrics, m.eval_dir, f"epoch_{epoch:03d}")
+                who = f" {m.name}" if m.label else ""
+                print(f"[s4v] eval after epoch {epoch}{who}: {task.summary(metrics)}", flush=True)
+                m.track({f"val/{key}": v for key, v in task.tracked(metrics).items()}, step)
 
-    def report(self, out: Path, metric: str, steps: int) -> None:
-        """Rank 0: sweep.json / sweep.md / sweep.png of all members, from their evaluation history."""
-        rows = []
-        for k, member in enumerate(self.list):
-            history = [h for h in self.history[k] if h.get(metric) is not None]
+    def curves(self, losses: Sequence[float], lrs: Sequence[float]) -> dict[str, float]:
+        """A sweep's per-member loss and lr for metrics.jsonl (a plain run's are the run's own)."""
+        if not self.layout.writes_report:
+            return {}
+        curves = {}
+        for m, loss, lr in zip(self.members, losses, lrs, strict=True):
+            curves[f"loss/{m.name}"], curves[f"lr/{m.name}"] = loss, lr
+        return curves
+
+    def track_curves(self, losses: Sequence[float], lrs: Sequence[float], step: int) -> None:
+        """Rank 0: each member's loss and lr in its own MLflow run (a plain run's are the run's step metrics)."""
+        for m, loss, lr in zip(self.members, losses, lrs, strict=True):
+            if m.tracker is not None and m.tracker.nested and math.isfinite(loss):
+                m.track({"train/loss": loss, "train/lr": lr}, step)
+
+    def export(self, task: Task, results: Sequence[Metrics] | None, run_meta: dict[str, Any], step: int) -> dict:
+        """Rank 0: each member that has not failed as a `final/` with its last evaluation; returns the
+        headline of `result.json`."""
+        meta = {k: v for k, v in run_meta.items() if k not in ("members", "mlflow_run_id")}
+        headline = {}
+        for k, m in enumerate(self.members):
+            if m.failed:
+                continue
+            final = m.export(meta, step)
+            metrics = results[k] if results else None
+            if metrics is not None:
+                task.write_report(metrics, final, "eval")
+            headline[m.name] = task.headline(metrics)
+            if m.tracker is not None:
+                m.tracker.log_artifacts(final, "final")
+                if m.tracker.nested:
+                    m.tracker.finish()
+        return self.layout.headline(headline)
+
+    def report(self, metric: str, steps: int) -> list[Path]:
+        """Rank 0: a sweep's sweep.json / sweep.md / sweep.png from the members' evaluation history."""
+        if not self.layout.writes_report:
+            return []
+        out, rows = self.layout.out, []
+        for m in self.members:
+            history = [h for h in m.state.history if h.get(metric) is not None]
             best = max(history, key=lambda h: h[metric], default=None)
-            final = self.member_dir(out, k) / "final"
             rows.append(
                 {
-                    "name": member.name,
-                    "overrides": member.overrides,
-                    "trainable_params": sum(p.numel() for p in self.modules[k].parameters()),
+                    "name": m.name,
+                    "overrides": m.overrides,
+                    "trainable_params": sum(p.numel() for p in m.module.parameters()),
                     "last": history[-1][metric] if history else None,
                     "best": best[metric] if best else None,
                     "best_epoch": best["epoch"] if best else None,
-                    "failed": k in self.failures,
-                    "failure": self.failures.get(k),
+                    "failed": m.failed,
+                    "failure": m.state.failure,
                     "steps": steps,
-                    "export": str(final.relative_to(out)) if final.is_dir() else None,
+                    "export": str(m.final_dir.relative_to(out)) if m.final_dir.is_dir() else None,
                 }
             )
-        write_sweep_report(out, rows, metric)
+        return [p for p in write_sweep_report(out, rows, metric) if p is not None]
+
+
+def _from_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """The first meta format: {"names": [...], "failures": {name: why}, "history": {name: [...]},
+    "mlflow_run_ids": [...], "bad_in_a_row": [...]} (skipped steps were not saved: they restart at 0)."""
+    names = state["names"]
+    in_a_row = state.get("bad_in_a_row") or [0] * len(names)
+    return {
+        "states": {
+            name: {
+                "bad_in_a_row": in_a_row[k],
+                "failure": state["failures"].get(name),
+                "history": state["history"][name],
+                "mlflow_run_id": state["mlflow_run_ids"][k],
+            }
+            for k, name in enumerate(names)
+        }
+    }

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from s4v.config import Config
 from s4v.memory.step import Workload
 from s4v.models.retrieval import symmetric_info_nce
-from s4v.perf import train_step_flops
+from s4v.perf import mfu, train_step_flops
 from s4v.tracking import Tracker
 
 
@@ -52,6 +52,31 @@ class StepLog:
                 k: v for k, v in record.items() if k != "epoch" and "/" not in k and v is not None and math.isfinite(v)
             }
             self.tracker.log_metrics({f"train/{k}": v for k, v in finite.items()}, step)
+
+
+def step_record(
+    epoch: int, loss: float, lr: float, step_s: float, wait_s: float, clips: int, flops: float, peak: float | None,
+    device: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """One optimizer step's line of metrics.jsonl: `clips` and `flops` are the step's (this rank's FLOPs)."""
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        "lr": lr,
+        "step_s": step_s,
+        "data_wait_s": wait_s,
+        "clips_per_s": clips / step_s,
+        "tflops": flops / step_s / 1e12,
+        "mfu": mfu(flops, step_s, peak),
+        "peak_mem_mb": peak_memory_mb(device),
+    }
+
+
+def postfix(record: dict[str, Any]) -> dict[str, str]:
+    """What the progress bar shows of a step's record."""
+    shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}", "clips_s": f"{record['clips_per_s']:.1f}"}
+    shown["wait_s"] = f"{record['data_wait_s']:.2f}"
+    return shown if record["mfu"] is None else {**shown, "mfu": f"{record['mfu']:.1%}"}
 
 
 class StepTimer:

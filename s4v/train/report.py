@@ -28,7 +28,7 @@ def _kind(run: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s4v.train.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="s4v report", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="training out_dirs")
     p.add_argument(
         "--expect",

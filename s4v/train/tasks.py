@@ -8,7 +8,7 @@ protocol, `Task`, so the trainer and `launch/eval.py` call them the same way.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s4v.config import Config, resolve_members
+from s4v.config import Config, MemberSpec
 from s4v.data.loader import VideoLoader
 from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
 from s4v.models.retrieval import MAX_LOGIT_SCALE, symmetric_info_nce
 from s4v.train import evaluate as recognition
 from s4v.train import retrieval
-from s4v.train.engine import clamp_parameter
+from s4v.train.optimizer import clamp_parameter
 
 Batch = dict[str, Any]  # a loader batch: "video", "label", "index" tensors
 Metrics = dict[str, Any]
@@ -66,9 +66,11 @@ def _views(loader: VideoLoader) -> str:
 class RecognitionTask:
     """Label-smoothed cross-entropy; multi-view top-1/top-5, per-class accuracy, confusion matrix."""
 
-    def __init__(self, cfg: Config, dtype: torch.dtype, device: torch.device) -> None:
-        # Each member's own smoothing (a sweep may vary it).
-        self.label_smoothing = [m.cfg.optim.label_smoothing for m in resolve_members(cfg)]
+    def __init__(
+        self, cfg: Config, dtype: torch.dtype, device: torch.device, members: Sequence[MemberSpec] = ()
+    ) -> None:
+        # Each member's own smoothing (a sweep may vary it); without members, `cfg` is the one.
+        self.label_smoothing = [m.cfg.optim.label_smoothing for m in members] or [cfg.optim.label_smoothing]
         self.dtype, self.device = dtype, device
 
     def loss(self, model: Callable[..., torch.Tensor], batch: Batch, epoch: int) -> torch.Tensor:
@@ -162,10 +164,17 @@ class RetrievalTask:
         clamp_parameter(model.temperature.logit_scale, MAX_LOGIT_SCALE)
 
 
-def make_task(cfg: Config, dtype: torch.dtype, device: torch.device, train_loader: VideoLoader | None = None) -> Task:
-    """The task of `cfg.model.task`, computing in `dtype` on `device`; `train_loader` for training."""
+def make_task(
+    cfg: Config,
+    dtype: torch.dtype,
+    device: torch.device,
+    train_loader: VideoLoader | None = None,
+    members: Sequence[MemberSpec] = (),
+) -> Task:
+    """The task of `cfg.model.task`, computing in `dtype` on `device`; `train_loader` and the run's resolved
+    `members` for training (evaluation needs neither)."""
     if cfg.model.task == "recognition":
-        return RecognitionTask(cfg, dtype, device)
+        return RecognitionTask(cfg, dtype, device, members)
     if cfg.model.task == "retrieval":
         return RetrievalTask(cfg, dtype, device, train_loader)
     raise UserError(f"unknown model.task {cfg.model.task!r}; choose one of ['recognition', 'retrieval']")

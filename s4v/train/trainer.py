@@ -9,52 +9,50 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from s4v.config import Config, flatten, resolve_members, to_dict
+from s4v.config import Config, MemberSpec, resolve_members
 from s4v.data import build_loader
 from s4v.errors import UserError
-from s4v.perf import mfu, peak_flops
-from s4v.preemption import EXIT_STOPPED, CheckpointClock, StopRequest
+from s4v.perf import peak_flops
+from s4v.preemption import EXIT_STOPPED, StopRequest
 from s4v.progress import Progress, progress
-from s4v.tracking import Tracker
-from s4v.train import checkpoint as ckpt
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import DataPosition
+from s4v.train.checkpointer import Checkpointer
 from s4v.train.distributed import all_reduce_sum, barrier, init_distributed
-from s4v.train.engine import build_engine, compute_dtype, load_ds_config, plan_batch, resolve_ds_config
+from s4v.train.engine import build_engine, load_ds_config, plan_batch, resolve_ds_config
 from s4v.train.guard import NonFiniteGuard
-from s4v.train.members import Members
-from s4v.train.metrics import StepLog, StepTimer, flops_per_micro_batch, peak_memory_mb
+from s4v.train.layout import RunLayout
+from s4v.train.members import MemberSet
+from s4v.train.metrics import StepLog, StepTimer, postfix, step_record
+from s4v.train.precision import compute_dtype
+from s4v.train.setup import micro_batch_flops, run_meta, run_params, run_tracker, schedule, seed_rank, summary
 from s4v.train.tasks import Batch, Metrics, make_task
-
-
-def seed_rank(seed: int, rank: int) -> None:
-    """Per-rank streams for dropout and friends (the data pipeline seeds itself per video)."""
-    torch.manual_seed(seed + 1000003 * rank)
-    np.random.seed((seed + 1000003 * rank) % 2**32)
-    random.seed(seed + 1000003 * rank)
 
 
 class Trainer:
     """One training job described by a run config and a DeepSpeed JSON; `train()` runs it to the end."""
 
     def __init__(
-        self, cfg: Config, ds_path: str | Path, ds_overrides: dict[str, Any] | None = None, resume: str | None = None
+        self,
+        cfg: Config,
+        ds_path: str | Path,
+        ds_overrides: dict[str, Any] | None = None,
+        resume: str | None = None,
+        members: list[MemberSpec] | None = None,
     ) -> None:
-        """Build data, model, engine and tracking; `resume` is "auto" (latest checkpoint of out_dir) or a directory."""
-        self.t_start = time.perf_counter()
+        """Build data, model, engine and tracking; `resume` is "auto" (latest checkpoint of out_dir) or a
+        directory; `members`: the run's members as `load_run` resolved them (None: resolved here)."""
+        t_start = time.perf_counter()
         self.dist = dist = init_distributed(cfg.train.threads_per_rank)
         self.out = Path(cfg.train.out_dir)
-        self.ckpt_root = self.out / "checkpoints"
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         barrier()
@@ -64,59 +62,40 @@ class Trainer:
         self.train_loader = build_loader(cfg.data, "train", dist.rank, dist.world_size, cfg.train.seed)
         self.val_loader = build_loader(cfg.data, "val", dist.rank, dist.world_size, cfg.train.seed)
         self.plan = plan_batch(cfg.optim, cfg.data.batch_size, dist.world_size)
-        self.steps_per_epoch = len(self.train_loader) // self.plan.accumulation
-        if self.steps_per_epoch == 0:
-            raise UserError(
-                f"{len(self.train_loader)} micro-batches per epoch < {self.plan.accumulation} accumulation steps: "
-                "lower optim.batch_size or data.batch_size"
-            )
-        self.videos_per_epoch = self.steps_per_epoch * self.plan.global_batch  # the tail of the order is dropped
-        self.max_steps = cfg.train.max_steps or cfg.optim.epochs * self.steps_per_epoch
+        self.steps_per_epoch, self.videos_per_epoch, self.max_steps = schedule(cfg, self.train_loader, self.plan)
         self.ds = resolve_ds_config(load_ds_config(ds_path, ds_overrides), cfg, self.plan)
         self.dtype = compute_dtype(self.ds)
 
-        self.task = make_task(cfg, self.dtype, dist.device, self.train_loader)
-        members = resolve_members(cfg)
-        self.member_cfgs = [m.cfg for m in members]
+        specs = members or resolve_members(cfg)
+        self.task = make_task(cfg, self.dtype, dist.device, self.train_loader, specs)
+        self.member_cfgs = [m.cfg for m in specs]
         self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype, self.member_cfgs)
         fingerprint = backbone_fingerprint(self.model)
         self.engine, self.view, self.optimizer = build_engine(
             self.model, cfg, self.ds, dist, self.steps_per_epoch, self.member_cfgs
         )
-        self.members = Members(cfg, members, self.model, self.view)
-        if self.members.sweep:
-            self.members.guard_gradients()
-        self.flops_per_step = self.plan.accumulation * self._micro_batch_flops()
+        self.members = MemberSet(RunLayout.of(cfg), specs, getattr(self.model, "members", [self.view]))
+        self.members.guard_gradients()
+        flops = micro_batch_flops(cfg, self.train_loader.num_classes, self.member_cfgs)
+        self.flops_per_step = self.plan.accumulation * flops
         self.peak = peak_flops(dist.device, self.dtype)
         self.timer = StepTimer(dist.device)
         seed_rank(cfg.train.seed, dist.rank)  # after every build: the training RNG streams start here
-        self.meta: dict[str, Any] = {
-            "num_classes": self.train_loader.num_classes,
-            "classes": list(self.train_loader.classes),
-            "backbone_fingerprint": fingerprint,
-            "frozen_dtype": str(self.dtype).removeprefix("torch."),  # the tower was built and fingerprinted in it
-            "world_size": dist.world_size,
-            "ds_config": self.ds,
-        }
+        meta = run_meta(self.train_loader, fingerprint, self.dtype, dist.world_size, self.ds)
+        self.checkpoints = Checkpointer(cfg, meta, t_start)
         self.position = DataPosition()
-        self.guard = NonFiniteGuard(
-            self.members.modules, self.members.names, cfg.train.max_bad_steps,
-            lambda: ckpt.latest_checkpoint(self.ckpt_root),
-        )  # fmt: skip
-        self.guard.failed = self.members.failures  # one record of who failed (restored on resume)
-        resumed_from = self._resume(resume)
-        self.tracker = Tracker(
-            cfg.tracking.enabled and dist.is_main,
-            cfg.tracking.uri,
-            cfg.tracking.experiment,
-            cfg.tracking.run_name or self.out.name,
-            cfg.tracking.system_metrics,
-            cfg.tracking.system_metrics_interval,
-            run_id=self.meta.get("mlflow_run_id"),
-        )
-        self.meta["mlflow_run_id"] = self.tracker.run_id
-        self.members.start_tracking(self.tracker, self.members.load_state(self.meta.get("members")), not resumed_from)
-        self._announce(resumed_from)
+        self.guard = NonFiniteGuard(cfg.train.max_bad_steps, self.checkpoints.latest)
+        resumed_from = self.checkpoints.resume(resume, self.engine, self.view, self.position, self.members)
+        self.tracker = run_tracker(cfg, dist.is_main, self.checkpoints.run_id)
+        self.checkpoints.run_id = self.tracker.run_id
+        if dist.is_main:
+            self.members.start_tracking(self.tracker, fresh=not resumed_from)
+        if not resumed_from:  # once per run, not again on resume
+            self.tracker.log_params(run_params(cfg, self.ds, dist, self.plan, self.steps_per_epoch, self.model))
+        if dist.is_main:
+            at = f"; resumed from {resumed_from} at {self.position.state_dict()}" if resumed_from else ""
+            line = summary(cfg, dist, self.plan, self.steps_per_epoch, self.model, self.dtype)
+            print(f"[s4v] {line}{at}", flush=True)
         self.log = StepLog(self.out / "metrics.jsonl", self.tracker, cfg.train.log_every_steps, dist.is_main)
         if dist.is_main:
             self.log.truncate(self.position.step)  # drop steps a killed run logged after its last checkpoint
@@ -125,62 +104,7 @@ class Trainer:
         self.loss_sum = torch.zeros(len(self.members), dtype=torch.float64)
         self.lr = [0.0] * len(self.members)
         self.stop = StopRequest()  # from here on a signal means "checkpoint, then exit"
-        self.clock = CheckpointClock(cfg.train.ckpt_every_minutes)
         self.stopped = self.clock_due = False
-
-    def _micro_batch_flops(self) -> float:
-        """Counted on a meta copy built like the model (no weights file read, no feature gathering, not sharded)."""
-        cfg = replace(self.cfg, model=replace(self.cfg.model, checkpoint=None, shard_frozen=False))
-
-        def meta_model(device: torch.device) -> torch.nn.Module:
-            model = build_model(cfg, self.train_loader.num_classes, device, members=self.member_cfgs)
-            if hasattr(model, "feature_gather"):
-                model.feature_gather = None
-            return model
-
-        return flops_per_micro_batch(cfg, meta_model)
-
-    def _resume(self, resume: str | None) -> Path | None:
-        if not resume:
-            return None
-        path = ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else Path(resume)
-        if path is None:
-            print(f"[s4v] no checkpoint under {self.ckpt_root}; starting from scratch", flush=True)
-            return None
-        previous = ckpt.check_resumable(path, self.cfg, self.meta)
-        ckpt.load_checkpoint(self.engine, self.view, path, self.position, self.meta)
-        self.meta["mlflow_run_id"] = previous.get("mlflow_run_id")
-        self.meta["members"] = previous.get("members")
-        self.guard.consecutive = list((self.meta["members"] or {}).get("bad_in_a_row", self.guard.consecutive))
-        return path
-
-    def _announce(self, resumed_from: Path | None) -> None:
-        """Run parameters to MLflow (once per run, not again on resume) and a one-line summary."""
-        cfg, dist, plan = self.cfg, self.dist, self.plan
-        n_trainable = sum(p.numel() for p in self.model.trainable_parameters())
-        n_frozen = sum(p.numel() for p in self.model.backbone.parameters())
-        if resumed_from is None:
-            self.tracker.log_params(flatten(to_dict(cfg)))
-            self.tracker.log_params(flatten({"ds": self.ds}))
-            self.tracker.log_params(
-                {
-                    "world_size": dist.world_size,
-                    "accumulation_steps": plan.accumulation,
-                    "steps_per_epoch": self.steps_per_epoch,
-                    "trainable_params": n_trainable,
-                    "frozen_params": n_frozen,
-                    "device": dist.device.type,
-                }
-            )
-        if dist.is_main:
-            print(
-                f"[s4v] {cfg.model.kind} on {cfg.model.preset}: {n_trainable:,} trainable / {n_frozen:,} frozen "
-                f"params; {dist.world_size} rank(s) on {dist.device.type}, {self.dtype}; global batch "
-                f"{plan.global_batch} = {plan.micro_batch} x {dist.world_size} x {plan.accumulation}; "
-                f"{self.steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs"
-                + (f"; resumed from {resumed_from} at {self.position.state_dict()}" if resumed_from else ""),
-                flush=True,
-            )
 
     def train(self) -> dict[str, Any]:
         """Epochs from the current position to the last one or to `train.max_steps`, then the export;
@@ -222,12 +146,7 @@ class Trainer:
             )
         self.loss_sum.zero_()
         self.timer = StepTimer(self.dist.device)  # an evaluation or a save between epochs is no step time
-        self.lr = self._member_lrs()
-
-    def _member_lrs(self) -> list[float]:
-        """Each member's lr: its group's (retrieval's one member: the new modules, after the CLIP parts)."""
-        lrs = self.engine.get_lr()
-        return lrs[-1:] if len(self.members) == 1 else lrs
+        self.lr = self.members.lrs(self.optimizer)
 
     def train_step(self, batch: Batch) -> bool:
         """Forward and backward of one micro-batch; DeepSpeed steps the optimizer after `accumulation`
@@ -235,23 +154,16 @@ class Trainer:
         batch = {**batch, "video": batch["video"].to(self.dist.device, self.dtype, non_blocking=True)}
         micro = self.position.videos // self.train_loader.videos_per_batch  # of this epoch, at this world size
         if micro % self.plan.accumulation == 0:
-            self.guard.start_window()
+            self.guard.start_window(self.members)
             self.members.grad_bad.zero_()
         losses = self.task.loss(self.engine, batch, self.position.epoch)  # (K,): one per member
-        finite = torch.isfinite(losses).tolist()
-        # A member's non-finite loss (or a failed member's) is replaced by a zero one, so its gradients
-        # are zeros, never NaN: the members' backward passes stay apart and DeepSpeed sees finite grads.
-        total = sum(
-            losses[k] if finite[k] and k not in self.guard.failed else self.members.zero_loss(k)
-            for k in range(len(self.members))
-        )
-        self.engine.backward(total)
+        self.engine.backward(self.members.total_loss(losses))
         self.loss_sum += losses.detach().double().cpu()
         boundary = (micro + 1) % self.plan.accumulation == 0
         if boundary:
             mean_losses, grad_bad = self._reduce_step()
             not_finite = {k for k, v in enumerate(mean_losses) if not math.isfinite(v)}
-            self.optimizer.refuse(not_finite | grad_bad | set(self.guard.failed))
+            self.optimizer.refuse(not_finite | grad_bad | self.members.failed)
         self.engine.step()
         videos = batch["index"].unique_consecutive().tolist()  # a video's R repeated clips are adjacent
         self.guard.paths += [self.train_loader.records[i].path for i in videos]
@@ -269,7 +181,9 @@ class Trainer:
         rank takes the same decisions."""
         k = len(self.members)
         local = [*(self.loss_sum / self.plan.accumulation).tolist(), *self.members.grad_bad.tolist()]
-        totals = all_reduce_sum(torch.tensor([*local, self.stop.requested, self.clock.due], dtype=torch.float64))
+        totals = all_reduce_sum(
+            torch.tensor([*local, self.stop.requested, self.checkpoints.clock.due], dtype=torch.float64)
+        )
         totals = totals.tolist()
         self.stopped, self.clock_due = totals[-2] > 0, totals[-1] > 0
         return [t / self.dist.world_size for t in totals[:k]], {i for i in range(k) if totals[k + i] > 0}
@@ -277,68 +191,42 @@ class Trainer:
     def _after_step(self, mean_losses: list[float], refused: set[int]) -> None:
         """Per member: a bad step is skipped (its statistics restored), too many and it has failed."""
         applied = self.engine.was_step_applied()
-        bad = self.guard.bad_members(mean_losses, refused, applied, self.dtype == torch.float16)
-        for k in self.guard.failed:  # a failed member's forwards still ran: keep its last good statistics
-            self.guard.restore(k)
+        bad = self.guard.bad_members(self.members, mean_losses, refused, applied, self.dtype == torch.float16)
         try:
-            newly_failed = self.guard.bad_step(self.position.step, bad, mean_losses, self._report_skip) if bad else []
+            self.guard.after_step(self.members, self.position.step, bad, mean_losses, self._report)
         except UserError:
             if self.dist.is_main:
                 self.members.finish("FAILED")
                 self.tracker.finish("FAILED")
             raise
-        for k in newly_failed:
-            self._member_failed(k)
-        self.guard.good_steps([k for k in range(len(self.members)) if k not in bad])
-        if len(bad) + len(self.guard.failed) < len(self.members) + len(newly_failed):
+        if bad and self.dist.is_main:
+            skipped = sum(m.state.skipped_steps for m in self.members)
+            self.tracker.log_metrics({"train/skipped_steps": skipped}, self.position.step)
+        if any(k not in bad for k in self.members.live):
             self.task.after_step(self.model)
 
-    def _member_failed(self, k: int) -> None:
-        why = self.guard.failed[k]
-        self.members.fail(k)
-        if self.dist.is_main:
-            left = len(self.members) - len(self.guard.failed)
-            print(f"[s4v] member {self.members.names[k]} failed: {why}; {left} member(s) train on", flush=True)
-
-    def _report_skip(self, message: str) -> None:
+    def _report(self, message: str) -> None:
         if self.dist.is_main:
             print(f"[s4v] {message}", flush=True)
-            self.tracker.log_metrics({"train/skipped_steps": sum(self.guard.skipped)}, self.position.step)
 
     def _log_step(self, mean_losses: list[float]) -> None:
         step_s, wait_s = self.timer.lap()
-        flops = self.flops_per_step / step_s  # this rank's achieved FLOP/s
-        active = [k for k in range(len(self.members)) if k not in self.guard.failed] or [0]
+        active = self.members.live or [0]
         mean_loss = sum(mean_losses[k] for k in active) / len(active)
-        record = {
-            "epoch": self.position.epoch,
-            "loss": mean_loss,
-            "lr": self.lr[active[0]],
-            "step_s": step_s,
-            "data_wait_s": wait_s,
-            "clips_per_s": self.plan.global_batch * self.cfg.data.num_repeats / step_s,  # batches count videos
-            "tflops": flops / 1e12,
-            "mfu": mfu(self.flops_per_step, step_s, self.peak),
-            "peak_mem_mb": peak_memory_mb(self.dist.device),
-        }
-        if self.members.sweep:  # each member's curve, in metrics.jsonl and in its MLflow child run
-            for k, name in enumerate(self.members.names):
-                record[f"loss/{name}"], record[f"lr/{name}"] = mean_losses[k], self.lr[k]
-                if self.dist.is_main and k not in self.guard.failed and math.isfinite(mean_losses[k]):
-                    if self.position.step % max(1, self.cfg.train.log_every_steps) == 0:
-                        self.members.tracker_of(k, self.tracker).log_metrics(
-                            {"train/loss": mean_losses[k], "train/lr": self.lr[k]}, self.position.step
-                        )
+        clips = self.plan.global_batch * self.cfg.data.num_repeats  # batches count videos
+        record = step_record(
+            self.position.epoch, mean_loss, self.lr[active[0]], step_s, wait_s, clips, self.flops_per_step,
+            self.peak, self.dist.device,
+        )  # fmt: skip
+        record |= self.members.curves(mean_losses, self.lr)  # a sweep's per-member curves
+        if self.dist.is_main and self.position.step % max(1, self.cfg.train.log_every_steps) == 0:
+            self.members.track_curves(mean_losses, self.lr, self.position.step)
         self.log.write(self.position.step, record)
         if self.bar is not None:
-            extra = {} if record["mfu"] is None else {"mfu": f"{record['mfu']:.1%}"}
-            self.bar.set_postfix(
-                loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", clips_s=f"{record['clips_per_s']:.1f}",
-                wait_s=f"{wait_s:.2f}", **extra,
-            )  # fmt: skip
+            self.bar.set_postfix(**postfix(record))
             self.bar.update(1)
         self.loss_sum.zero_()
-        self.lr = self._member_lrs()
+        self.lr = self.members.lrs(self.optimizer)
 
     def checkpoint_if_due(self) -> bool:
         """After a step: a checkpoint every `train.ckpt_every_steps` steps or `train.ckpt_every_minutes`
@@ -359,12 +247,7 @@ class Trainer:
     def save(self) -> Path:
         """Collective: a checkpoint of the current position."""
         self.guard.check_finite(self.view, "a checkpoint", self.position.step)
-        self.meta["members"] = {**self.members.state(), "bad_in_a_row": self.guard.consecutive}
-        path = ckpt.save_checkpoint(
-            self.engine, self.view, self.ckpt_root, self.position, self.cfg, self.meta, self.cfg.train.keep_checkpoints
-        )
-        self.clock.reset()
-        return path
+        return self.checkpoints.save(self.engine, self.view, self.position, self.members)
 
     def stop_here(self) -> dict[str, Any]:
         """End of a stopped run: the checkpoint is written; tracking stays resumable, nothing is exported."""
@@ -372,34 +255,23 @@ class Trainer:
         if self.dist.is_main:
             print(
                 f"[s4v] stopped by {name} at step {self.position.step} (epoch {self.position.epoch}, "
-                f"{self.position.videos} videos in); checkpoint {ckpt.latest_checkpoint(self.ckpt_root)}; "
+                f"{self.position.videos} videos in); checkpoint {self.checkpoints.latest()}; "
                 f"exit {EXIT_STOPPED}, continue with --resume",
                 flush=True,
             )
             self.members.finish("KILLED")
             self.tracker.finish("KILLED")
         barrier()
-        return {"steps": self.position.step, "stopped": name, "wall_s": time.perf_counter() - self.t_start}
+        return {"steps": self.position.step, "stopped": name, "wall_s": self.checkpoints.wall()}
 
     def evaluate(self) -> list[Metrics]:
         """Collective: evaluate every member on the validation split (one frozen pass); rank 0 reports,
         prints and tracks each result."""
         self.last_eval = results = self.task.evaluate(self.model, self.val_loader)
-        epoch, step = self.position.epoch, self.position.step
-        self.members.record_eval(self.task, results, epoch, step)
-        if not self.dist.is_main:
-            return results
-        for k, metrics in enumerate(results):
-            if k in self.guard.failed:
-                continue
-            out = self.members.member_dir(self.out, k) if self.members.sweep else self.out
-            self.task.write_report(metrics, out / "eval", f"epoch_{epoch:03d}")
-            who = f" {self.members.names[k]}" if self.members.sweep else ""
-            print(f"[s4v] eval after epoch {epoch}{who}: {self.task.summary(metrics)}", flush=True)
-            tracked = {f"val/{key}": v for key, v in self.task.tracked(metrics).items()}
-            self.members.tracker_of(k, self.tracker).log_metrics(tracked, step)
-        if self.members.sweep:
-            self.members.report(self.out, self._metric(), step)
+        step = self.position.step
+        self.members.record_eval(self.task, results, self.position.epoch, step, self.dist.is_main)
+        if self.dist.is_main:
+            self.members.report(self._metric(), step)
         return results
 
     def _metric(self) -> str:
@@ -410,42 +282,15 @@ class Trainer:
         """Rank 0 exports the trainable state (`final/`, a sweep's members under `members/`), writes
         `result.json` and closes tracking."""
         step = self.position.step
-        result: dict[str, Any] = {"steps": step, "wall_s": time.perf_counter() - self.t_start, "eval": self.last_eval}
+        result: dict[str, Any] = {"steps": step, "wall_s": self.checkpoints.wall(), "eval": self.last_eval}
         self.guard.check_finite(self.view, "final/", self.position.step)
         if self.dist.is_main:
-            meta = {**self.meta, "step": step}
-            finals = (
-                self.members.export(self.out, meta, step)
-                if self.members.sweep
-                else [ckpt.export_trainable(self.view, self.out / "final", self.cfg, meta)]
-            )
-            headline = {k: v for k, v in result.items() if k != "eval"}
-            for k, final in enumerate(finals):
-                if final is None:
-                    continue
-                member_eval = self.last_eval[k] if self.last_eval else None
-                if member_eval is not None:
-                    self.task.write_report(member_eval, final, "eval")
-                tracker = self.members.tracker_of(k, self.tracker)
-                tracker.log_artifacts(final, "final")
-                if self.members.sweep:
-                    tracker.finish()
-                    headline.setdefault("members", {})[self.members.names[k]] = self.task.headline(member_eval)
-                else:
-                    headline |= self.task.headline(member_eval)
-            if self.members.sweep:
-                self.members.report(self.out, self._metric(), step)
-                for name in ("sweep.md", "sweep.json", "sweep.png"):
-                    self.tracker.log_artifact(self.out / name)
+            headline = {"steps": step, "wall_s": result["wall_s"]}
+            headline |= self.members.export(self.task, self.last_eval, self.checkpoints.meta, step)
+            for path in self.members.report(self._metric(), step):
+                self.tracker.log_artifact(path)
             self.tracker.log_metrics({"train/wall_s": result["wall_s"]}, step)
             self.tracker.finish()
             (self.out / "result.json").write_text(json.dumps(headline, indent=2))
         barrier()
         return result
-
-
-def train(
-    cfg: Config, ds_path: str | Path, ds_overrides: dict[str, Any] | None = None, resume: str | None = None
-) -> dict[str, Any]:
-    """Run the job described by `cfg`; `resume` is "auto" (latest checkpoint of out_dir) or a directory."""
-    return Trainer(cfg, ds_path, ds_overrides, resume).train()
