@@ -327,9 +327,9 @@ def frozen_tower(cuda: bool) -> dict[str, Any]:
     # Imported here: the driver process only orchestrates and never loads the model stack.
     from torch.utils.flop_counter import FlopCounterMode
 
+    from s4v.memory.perf import mfu, peak_flops
     from s4v.models.architectures import BACKBONES
     from s4v.models.backbone import FrozenBackbone, build_clip
-    from s4v.perf import mfu, peak_flops
 
     backbone = "e14" if cuda else "tiny-eva"
     tower_spec = BACKBONES[backbone]

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from s4v.memory.perf import train_step_flops
 from s4v.memory.step import Workload
 from s4v.models import create_model
 from s4v.models.classifier import Side4VideoClassifier, SweepClassifier
-from s4v.perf import train_step_flops
 
 GOAL_K4 = 2.5  # K=4 at least this much cheaper than 4 separate runs (CPU)
 GOAL_PER_MEMBER_K8 = 0.35  # cost per member at K=8, in one-member steps

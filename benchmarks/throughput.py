@@ -14,7 +14,7 @@ neighbour's burst on a shared machine inflates single steps, which a mean would 
   inside the tower's blocks, and full fine-tuning trains the tower itself, so their whole forward is
   counted as "frozen fwd";
 - backward; optimizer (AdamW step + zero_grad).
-FLOPs per step are counted on the meta device (`s4v.perf.train_step_flops`, forward + backward, a
+FLOPs per step are counted on the meta device (`s4v.memory.perf.train_step_flops`, forward + backward, a
 multiply-add = 2); MFU = FLOPs / step seconds / the device's dense peak (n/a on CPU and in fp32).
 Side4Video's temporal-conv branch runs as training runs it (`--temporal-impl auto`: the fused Triton kernels
 on CUDA, PyTorch on CPU). The largest batch in the budget comes from the exact step accounting
@@ -39,13 +39,13 @@ from typing import Any, get_args
 
 import torch
 
-from s4v.choices import TemporalImpl
+from s4v.core.choices import TemporalImpl
+from s4v.memory.perf import mfu, peak_flops, train_step_flops
 from s4v.memory.plan import largest_fitting
 from s4v.memory.step import GiB, Precision, Workload, account_step, make_optimizer
 from s4v.memory.workloads import SIDE4VIDEO, MethodSpec, workload
 from s4v.models.architectures import BACKBONES
 from s4v.models.backbone import FrozenBackbone
-from s4v.perf import mfu, peak_flops, train_step_flops
 
 METHODS = ("ours-light", "ours", "st-adapter", "full")
 PHASES = ("data", "frozen_fwd", "side_fwd", "backward", "optimizer")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from s4v.choices import BlockForm, TemporalImpl
+from s4v.core.choices import BlockForm, TemporalImpl
 
 
 def _batchnorm(x: Tensor, bn: nn.BatchNorm3d) -> Tensor:

@@ -11,21 +11,21 @@ import difflib
 import importlib
 import sys
 
-from s4v.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
+from s4v.core.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
 
 # name -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("s4v.train.cli:train_main", "train a side network (or a sweep) in one process; as launch/train.py"),
     "eval": ("s4v.train.cli:eval_main", "multi-view evaluation of a final/, checkpoint or sweep; as launch/eval.py"),
     "report": ("s4v.train.report:main", "the closing table of training runs (make demo's last step)"),
-    "info": ("s4v.info:cli", "parameters, GFLOPs and memory estimate of a preset"),
+    "info": ("s4v.tools.info:cli", "parameters, GFLOPs and memory estimate of a preset"),
     "synth": ("s4v.data.synth:cli", "write the embedded synthetic video dataset"),
     "data": ("s4v.data.check:cli", "data check: annotations vs files, every video probed, a skip list"),
     "plan": ("s4v.memory.plan:cli", "largest side network and batch that fit a GPU memory budget"),
-    "predict": ("s4v.infer:predict_cli", "top-k classes of videos with a trained recognition checkpoint"),
-    "embed": ("s4v.search:embed_cli", "index the frame embeddings of videos with a retrieval checkpoint"),
-    "search": ("s4v.search:search_cli", "rank indexed videos for a text, or texts for a video"),
-    "convert-reference": ("s4v.convert:cli", "import a checkpoint of the authors' code as a final/ directory"),
+    "predict": ("s4v.tools.infer:predict_cli", "top-k classes of videos with a trained recognition checkpoint"),
+    "embed": ("s4v.tools.search:embed_cli", "index the frame embeddings of videos with a retrieval checkpoint"),
+    "search": ("s4v.tools.search:search_cli", "rank indexed videos for a text, or texts for a video"),
+    "convert-reference": ("s4v.tools.convert:cli", "import a checkpoint of the authors' code as a final/ directory"),
 }
 
 

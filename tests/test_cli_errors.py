@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from s4v.config import dump_config, load_config
-from s4v.errors import one_line
+from s4v.core.errors import one_line
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_S = 10.0  # importing torch + DeepSpeed alone takes ~5 s here; a config check takes ~0.2 s

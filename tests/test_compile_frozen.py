@@ -13,7 +13,7 @@ import torch
 import torch._dynamo.utils
 
 from s4v.config import load_config
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.models import FrozenBackbone, build_clip, create_model
 from s4v.train.build import build_model
 

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from s4v.cli import main
-from s4v.errors import UserError
-from s4v.infer import load_trained
+from s4v.core.errors import UserError
 from s4v.models import SideSpec, create_model, create_retrieval_model
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import Side4VideoClassifier
-from s4v.reference import convert_state
+from s4v.tools.infer import load_trained
+from s4v.tools.reference import convert_state
 from s4v.train.precision import TrainableView
 
 CPU = torch.device("cpu")

@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from s4v.cli import main
+from s4v.core.errors import UserError
 from s4v.data.annotations import read_split
 from s4v.data.config import DataConfig
 from s4v.data.synth import encode_vp9, generate
-from s4v.errors import UserError
 
 FRAMES, SIZE = 8, 32
 

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+from s4v.core.preemption import EXIT_STOPPED
 from s4v.data import build_loader
 from s4v.data.config import DataConfig
-from s4v.preemption import EXIT_STOPPED
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))

@@ -99,3 +99,39 @@ def test_no_top_level_kernels_module_is_installed(tmp_path: Path) -> None:
     top, ours = out.stdout.split()
     assert top == "None" or not Path(top).resolve().is_relative_to(REPO), top
     assert Path(ours).resolve() == REPO / "kernels" / "__init__.py"
+
+
+# The package's layers, lowest first: a module imports from its own layer and those below, never from above
+# (the model and data code never reach into training, training never into the commands built on it).
+LAYERS = (
+    ("s4v.core", "s4v.kernels"),
+    ("s4v.config", "s4v.models", "s4v.data", "s4v.baselines", "s4v.metrics", "s4v.memory"),
+    ("s4v.train",),
+    ("s4v.tools",),
+    ("s4v.cli",),
+)
+
+
+def _layer(module: str) -> int:
+    for i, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(f"{p}.") for p in packages):
+            return i
+    raise AssertionError(f"{module} belongs to no layer of LAYERS: place it")
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    files = {_module_name(p): p for d in ("s4v", "kernels") for p in (REPO / d).rglob("*.py")}
+    files.pop("s4v")  # the package's own __init__ is empty
+    known = set(files)
+    upward = [
+        f"{m} -> {n}"
+        for m, p in sorted(files.items())
+        for n in sorted(_imports(p, m, known) - {"s4v"})
+        if _layer(n) > _layer(m)
+    ]
+    assert not upward, upward
+
+
+def test_the_top_level_holds_only_the_console_script() -> None:
+    """Every module lives in the package of its concern (LAYERS); `s4v/` itself has the console script."""
+    assert sorted(p.name for p in (REPO / "s4v").glob("*.py")) == ["__init__.py", "cli.py"]

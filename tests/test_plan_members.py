@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.memory.plan import cli as plan_cli
 from s4v.memory.step import GiB, account_step
 from s4v.memory.tracker import BLOCK

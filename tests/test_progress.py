@@ -1,4 +1,4 @@
-"""`s4v.progress`: tqdm on a terminal; elsewhere metric lines, no carriage return, every N steps or S seconds."""
+"""`s4v.core.progress`: tqdm on a terminal; elsewhere metric lines, no carriage return, every N steps or S seconds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import io
 import pytest
 from tqdm import tqdm
 
-import s4v.progress as progress_module
-from s4v.progress import LineProgress, progress
+import s4v.core.progress as progress_module
+from s4v.core.progress import LineProgress, progress
 
 
 class Clock:

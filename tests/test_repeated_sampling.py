@@ -18,12 +18,12 @@ from PIL import Image
 from test_train_resume import REPO, _cmd, _losses
 
 from s4v.config import load_config
+from s4v.core.errors import UserError
 from s4v.data import DataConfig, build_loader
 from s4v.data.config import CLIP_MEAN, CLIP_STD
 from s4v.data.decode import decode_frames
 from s4v.data.loader import prepare
 from s4v.data.transforms import draw_params, train_transform
-from s4v.errors import UserError
 from s4v.memory.plan import Planner
 from s4v.train.build import build_model
 from s4v.train.metrics import flops_per_micro_batch

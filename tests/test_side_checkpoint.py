@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s4v.config import load_config
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.memory.step import account_step
 from s4v.memory.tracker import saved_activation_bytes
 from s4v.memory.workloads import MethodSpec, workload

@@ -9,9 +9,9 @@ from types import ModuleType
 
 import pytest
 
+from s4v.memory.perf import train_step_flops
 from s4v.memory.step import account_step
 from s4v.memory.workloads import MethodSpec, workload
-from s4v.perf import train_step_flops
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from s4v.config import check_paths, flatten, load_config, to_dict
+from s4v.core.errors import UserError
 from s4v.data.config import parse_views
-from s4v.errors import UserError
 from s4v.models import PRESETS, create_model
 from s4v.train.build import build_model
 from s4v.train.engine import load_ds_config, plan_batch, resolve_ds_config

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from s4v.errors import UserError
-from s4v.infer import load_trained
+from s4v.core.errors import UserError
+from s4v.tools.infer import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))

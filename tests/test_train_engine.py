@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from s4v.config import load_config, load_run
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.models import create_model
 from s4v.train.checkpoint import DataPosition, check_resumable, write_meta
 from s4v.train.engine import plan_batch

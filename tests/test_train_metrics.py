@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from s4v.config import load_config
-from s4v.perf import mfu, peak_flops
+from s4v.memory.perf import mfu, peak_flops
 from s4v.train.build import build_model
 from s4v.train.metrics import StepTimer, flops_per_micro_batch
 

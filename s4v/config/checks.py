@@ -11,10 +11,10 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from s4v.choices import SideOptions
 from s4v.config.schema import Config
 from s4v.config.typed import not_one_of
-from s4v.errors import UserError
+from s4v.core.choices import SideOptions
+from s4v.core.errors import UserError
 from s4v.models.architectures import BACKBONES, PRESETS
 
 

@@ -15,7 +15,7 @@ from s4v.config.checks import check_data, check_preset
 from s4v.config.schema import Config
 from s4v.config.sweeps import MemberSpec, check_sweep, check_sweepable_run, resolve_members
 from s4v.config.typed import build
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -1,7 +1,7 @@
 """The run configuration's schema: one dataclass per section, their field types and defaults.
 
 The field annotations are the schema itself: `s4v.config.typed.build` reads them (enumerations are
-`Literal` types from `s4v.choices`) to check a YAML tree, so a field added here is checked with no other
+`Literal` types from `s4v.core.choices`) to check a YAML tree, so a field added here is checked with no other
 change. Plain `typing` and dataclasses only: no torch, no DeepSpeed, nothing heavy to import.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, SideOptions, Task, TemporalImpl
+from s4v.core.choices import AttnBackend, CompileFrozen, Matching, ModelKind, SideOptions, Task, TemporalImpl
 from s4v.data.config import DataConfig
 
 

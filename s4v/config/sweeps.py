@@ -20,7 +20,7 @@ from typing import Any
 from s4v.config.checks import check_data, check_preset
 from s4v.config.schema import Config, SweepConfig, flatten
 from s4v.config.typed import build, to_dict
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 # What a member may change: its side network, head and optimisation (train.seed seeds its init).
 SWEEPABLE = (
@@ -28,7 +28,7 @@ SWEEPABLE = (
     "model.side_layers",
     "model.side_checkpoint",
     "model.dropout",
-    "model.side.temporal",  # the Table 9 variants (s4v.choices.SideOptions)
+    "model.side.temporal",  # the Table 9 variants (s4v.core.choices.SideOptions)
     "model.side.cls_shift",
     "model.side.representation",
     "model.side.layer_choice",
@@ -54,8 +54,6 @@ class MemberSpec:
     name: str
     overrides: dict[str, Any]
     cfg: Config
-
-
 
 
 def is_sweep(cfg: Config) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from s4v.config.schema import Config
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 
 def not_one_of(name: str, value: Any, choices: typing.Sequence[Any]) -> str:

@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from s4v.core.errors import UserError
 from s4v.data.captions import CAPTION_FORMATS, CaptionSplit, load_caption_split
 from s4v.data.config import DataConfig
 from s4v.data.records import AnnotationError, VideoRecord
-from s4v.errors import UserError
 
 log = logging.getLogger("s4v.data")
 

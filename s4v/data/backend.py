@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from s4v.core.errors import UserError
 from s4v.data.config import DataConfig
 from s4v.data.dali import CPU_CODECS
 from s4v.data.records import VideoRecord
-from s4v.errors import UserError
 
 
 def resolve_backend(cfg: DataConfig, records: list[VideoRecord]) -> str:

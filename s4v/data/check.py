@@ -28,13 +28,13 @@ from typing import Any, get_args
 import av
 from PIL import Image
 
+from s4v.core.errors import UserError
+from s4v.core.progress import progress
 from s4v.data.annotations import read_split
 from s4v.data.check_report import summarise, write_report
 from s4v.data.config import DataConfig, Format
 from s4v.data.decode import FRAME_EXTS, declared_frames
 from s4v.data.records import VideoRecord
-from s4v.errors import UserError
-from s4v.progress import progress
 
 SPLITS = ("train", "val")
 FIRST_FRAMES = 3  # decoded by the quick probe: the loader always decodes from frame 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 # OpenAI CLIP statistics: every backbone here (CLIP, EVA-CLIP) was pre-trained with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

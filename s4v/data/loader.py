@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s4v.core.errors import UserError
+from s4v.core.preemption import ignore_stop_signals
 from s4v.data.annotations import read_split
 from s4v.data.backend import resolve_backend
 from s4v.data.captions import CaptionSplit
@@ -27,8 +29,6 @@ from s4v.data.decode import BadVideo, decode_frames, probe, read_bytes
 from s4v.data.records import VideoRecord
 from s4v.data.sampling import clip_indices
 from s4v.data.transforms import draw_params, test_views, train_transform
-from s4v.errors import UserError
-from s4v.preemption import ignore_stop_signals
 
 log = logging.getLogger("s4v.data")
 
@@ -142,7 +142,7 @@ def _single_thread(device: torch.device) -> Iterator[None]:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one process per core: intra-op threads would oversubscribe
-    ignore_stop_signals()  # the rank decides when to stop (s4v/preemption.py)
+    ignore_stop_signals()  # the rank decides when to stop (s4v/core/preemption.py)
 
 
 def _rng_isolated(batches: Iterator[dict]) -> Iterator[dict]:

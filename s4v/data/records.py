@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 
 class AnnotationError(UserError):

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 # (forward name, reversed name, motion kind); class 2k is the forward motion, class 2k+1 its time reverse.
 PAIRS: list[tuple[str, str, str]] = [

@@ -1,4 +1,5 @@
-"""Training-memory accounting: the same step accounted on meta tensors or measured on CUDA.
+"""Accounting of a training step: its memory, the same step accounted on meta tensors or measured on CUDA, and
+its FLOPs (`s4v.memory.perf`: TFLOP/s and MFU).
 
 `account_step(workload, precision, attention)` (no allocation), `measure_cuda_step(...)` (GPU only),
 `lower_bound(...)` (analytic, Side4Video); `s4v.memory.tables` holds the paper's Tables 2, 3, 9 and

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.memory.step import SINGLE, GiB, Parallel, account_step
 from s4v.memory.workloads import MethodSpec, workload
 from s4v.models.architectures import BACKBONES, PRESETS, find_preset

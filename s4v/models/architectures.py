@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from s4v.choices import BlockForm, Task
+from s4v.core.choices import BlockForm, Task
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from s4v.choices import AttnBackend
+from s4v.core.choices import AttnBackend
 
 ATTN_BACKENDS: tuple[AttnBackend, ...] = get_args(AttnBackend)
 _GPU_ONLY = {"flash_attn": "flash_attn", "xformers": "xformers"}

@@ -32,7 +32,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Shard
 
-from s4v.choices import CompileFrozen
+from s4v.core.choices import CompileFrozen
 from s4v.models import registry  # noqa: F401  (registers the tiny towers)
 from s4v.models.architectures import BACKBONES
 from s4v.models.attention import check_backend, route_attention, sdpa_context

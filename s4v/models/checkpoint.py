@@ -28,7 +28,7 @@ from safetensors import safe_open
 from timm.models.eva import checkpoint_filter_fn as eva_filter
 from torch import Tensor, nn
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 
 
 # Both keep their former base class as well, so callers that catch RuntimeError / FileNotFoundError still do.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from s4v.choices import BlockForm
+from s4v.core.choices import BlockForm
 from s4v.models.backbone import FrozenBackbone
 from s4v.models.side import SideNetwork, batchnorm_tokens, run_side_networks
 from s4v.models.side_spec import SideSpec

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.choices import Matching
+from s4v.core.choices import Matching
 
 MATCHING: tuple[Matching, ...] = get_args(Matching)
 

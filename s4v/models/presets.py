@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from s4v.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task
+from s4v.core.choices import AttnBackend, CompileFrozen, Matching, ModelKind, Task
 from s4v.models.architectures import PRESETS, Preset
 from s4v.models.backbone import FrozenBackbone, build_clip
 from s4v.models.classifier import MeanPoolProbe, Side4VideoClassifier, VideoClassifier

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s4v.choices import Matching
+from s4v.core.choices import Matching
 from s4v.models.backbone import FrozenBackbone
 from s4v.models.matching import Matcher
 from s4v.models.side import SideNetwork, batchnorm_tokens

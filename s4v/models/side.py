@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils import checkpoint as activation_checkpoint
 from torch.utils._device import DeviceContext
 
-from s4v.choices import BlockForm, SideOptions, TemporalImpl
+from s4v.core.choices import BlockForm, SideOptions, TemporalImpl
 from s4v.kernels import TemporalConvBranch
 from s4v.models.backbone import TowerShape
 from s4v.models.fusion import DownNorm, NormDown

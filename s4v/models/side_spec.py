@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from s4v.choices import BlockForm, SideOptions, Task, TemporalImpl
+from s4v.core.choices import BlockForm, SideOptions, Task, TemporalImpl
 from s4v.models.architectures import PRESETS
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from s4v.config import Config, SweepConfig, check_preset
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.models import create_model, create_retrieval_model
 from s4v.models.classifier import SweepClassifier
 from s4v.models.presets import side_classifier

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import yaml
 
-from s4v.choices import SideOptions
 from s4v.config import Config, dump_config, to_dict
-from s4v.errors import UserError
+from s4v.core.choices import SideOptions
+from s4v.core.errors import UserError
 from s4v.train import elastic
 from s4v.train.build import check_fingerprint
 from s4v.train.distributed import barrier

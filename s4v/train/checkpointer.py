@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from s4v.config import Config
-from s4v.preemption import CheckpointClock
+from s4v.core.preemption import CheckpointClock
 from s4v.train import checkpoint as ckpt
 from s4v.train.checkpoint import DataPosition
 from s4v.train.members import MemberSet

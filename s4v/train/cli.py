@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from s4v.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
-from s4v.preemption import EXIT_STOPPED
+from s4v.core.errors import DEBUG_ENV, DEBUG_FLAG, UserError, entry_point
+from s4v.core.preemption import EXIT_STOPPED
 
 DEBUG_HELP = f"{DEBUG_FLAG} (or {DEBUG_ENV}=1): show the traceback of a configuration or input error"
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from s4v.config import Config, OptimConfig, is_sweep
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.train.distributed import DistInfo
 from s4v.train.optimizer import SkippingAdamW, build_optimizer, member_clipping, warmup_cosine
 from s4v.train.precision import TrainableView, compute_dtype, prepare_for_dtype

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from s4v.config import Config, load_config
+from s4v.core.errors import UserError
 from s4v.data import build_loader
 from s4v.data.config import parse_views
-from s4v.errors import UserError
-from s4v.tracking import Tracker
 from s4v.train.distributed import init_distributed
 from s4v.train.layout import exported_members
 from s4v.train.sweep_report import write_sweep_report
 from s4v.train.tasks import Metrics, make_task
+from s4v.train.tracking import Tracker
 from s4v.train.trained import DTYPES, default_dtype, load_members, member_run_id
 
 

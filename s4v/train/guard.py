@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.train.distributed import all_gather_objects
 from s4v.train.members import MemberSet
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from s4v.config import MEMBERS_DIR, Config, is_sweep, is_sweep_root
-from s4v.errors import UserError
-from s4v.tracking import Tracker
+from s4v.core.errors import UserError
+from s4v.train.tracking import Tracker
 
 
 @dataclass(frozen=True)

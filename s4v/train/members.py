@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from s4v.config import MemberSpec, flatten, to_dict
-from s4v.tracking import Tracker
 from s4v.train import checkpoint as ckpt
 from s4v.train.layout import RunLayout
 from s4v.train.sweep_report import write_sweep_report
 from s4v.train.tasks import Metrics, Task
+from s4v.train.tracking import Tracker
 
 STATE_VERSION = 2  # meta["members"]: {"version": 2, "states": {name: MemberState}}; version 1 had lists
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from s4v.config import Config
+from s4v.memory.perf import mfu, train_step_flops
 from s4v.memory.step import Workload
 from s4v.models.retrieval import symmetric_info_nce
-from s4v.perf import mfu, train_step_flops
-from s4v.tracking import Tracker
+from s4v.train.tracking import Tracker
 
 
 def peak_memory_mb(device: torch.device) -> float:

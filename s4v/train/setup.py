@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from s4v.config import Config, flatten, to_dict
+from s4v.core.errors import UserError
 from s4v.data.loader import VideoLoader
-from s4v.errors import UserError
-from s4v.tracking import Tracker
 from s4v.train.build import build_model
 from s4v.train.distributed import DistInfo
 from s4v.train.engine import BatchPlan
 from s4v.train.metrics import flops_per_micro_batch
+from s4v.train.tracking import Tracker
 
 
 def schedule(cfg: Config, loader: VideoLoader, plan: BatchPlan) -> tuple[int, int, int]:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from s4v.config import Config, MemberSpec
+from s4v.core.errors import UserError
 from s4v.data.loader import VideoLoader
-from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
 from s4v.models.retrieval import MAX_LOGIT_SCALE, symmetric_info_nce
 from s4v.train import evaluate as recognition

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from s4v.config import Config, load_config
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.train.build import backbone_fingerprint, build_model, check_fingerprint
 from s4v.train.checkpoint import load_trainable, read_meta
 from s4v.train.precision import prepare_for_dtype

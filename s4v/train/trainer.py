@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from s4v.config import Config, MemberSpec, resolve_members
+from s4v.core.errors import UserError
+from s4v.core.preemption import EXIT_STOPPED, StopRequest
+from s4v.core.progress import Progress, progress
 from s4v.data import build_loader
-from s4v.errors import UserError
-from s4v.perf import peak_flops
-from s4v.preemption import EXIT_STOPPED, StopRequest
-from s4v.progress import Progress, progress
+from s4v.memory.perf import peak_flops
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import DataPosition
 from s4v.train.checkpointer import Checkpointer

@@ -1,6 +1,6 @@
 """`s4v convert-reference`: a checkpoint of the authors' Side4Video code as a `final/` directory.
 
-Their tensors are renamed by `s4v.reference`; the directory holds what a training run's `final/` holds
+Their tensors are renamed by `s4v.tools.reference`; the directory holds what a training run's `final/` holds
 (config.yaml, meta.json, trainable.pt), so `launch/eval.py`, `s4v predict`, `s4v embed` and `s4v search` read it.
 The frozen tower is rebuilt from `--tower` (config.yaml's `model.checkpoint`), never copied out of theirs.
 """
@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from s4v.config import Config, ModelConfig
+from s4v.core.errors import UserError
 from s4v.data.config import DataConfig
-from s4v.errors import UserError
 from s4v.models.architectures import PRESETS
-from s4v.reference import LAYOUTS, REFERENCE, Layout, convert_state, listed, regex
+from s4v.tools.reference import LAYOUTS, REFERENCE, Layout, convert_state, listed, regex
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import export_trainable
 from s4v.train.precision import TrainableView

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from s4v.config import Config
+from s4v.core.errors import UserError
 from s4v.data.captions import CaptionSplit
-from s4v.errors import UserError
-from s4v.infer import add_model_arguments, batched, iter_views, load_from_args
 from s4v.models.architectures import PRESETS
+from s4v.tools.infer import add_model_arguments, batched, iter_views, load_from_args
 from s4v.train.checkpoint import load_trainable
 from s4v.train.retrieval import CaptionTokens, frame_embeddings, text_video_scores
 

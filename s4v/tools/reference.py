@@ -20,7 +20,7 @@ import torch
 from timm.models.eva import checkpoint_filter_fn as eva_filter
 from torch import Tensor, nn
 
-from s4v.errors import UserError
+from s4v.core.errors import UserError
 from s4v.models.retrieval import VideoTextRetrieval
 from s4v.train.precision import TrainableView
 
