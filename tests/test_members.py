@@ -56,7 +56,7 @@ def test_member_states_round_trip_through_a_checkpoint_meta(tmp_path: Path) -> N
     members = _members(tmp_path, names, sweep=True)
     members[1].state.bad_step()
     members[1].state.bad_step()
-    members.fail(1, "why")
+    members[1].fail("why")
     members[0].state.history.append({"epoch": 1, "step": 2, "top1": 0.75})
     saved = json.loads(json.dumps(members.state_dict()))  # as meta.json holds it
     restored = _members(tmp_path, list(reversed(names)), sweep=True)  # by name, not by position

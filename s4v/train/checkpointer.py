@@ -34,11 +34,10 @@ class Checkpointer:
 
     @property
     def run_id(self) -> str | None:
-        """The run's MLflow run (from the resumed checkpoint, then the tracker's)."""
+        """The run's MLflow run: the resumed checkpoint's, then the one the tracker opened (`track_as`)."""
         return self.meta.get("mlflow_run_id")
 
-    @run_id.setter
-    def run_id(self, run_id: str | None) -> None:
+    def track_as(self, run_id: str | None) -> None:
         self.meta["mlflow_run_id"] = run_id
 
     def latest(self) -> Path | None:

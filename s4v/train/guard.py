@@ -70,7 +70,7 @@ class NonFiniteGuard:
             who = f"{member.label}: " if member.label else ""
             report(f"{who}step {step} skipped: non-finite {what} ({losses[k]}); videos: {' '.join(paths)}")
             if in_a_row >= self.limit:
-                members.fail(k, f"non-finite loss or gradient at {in_a_row} consecutive steps, up to step {step}")
+                member.fail(f"non-finite loss or gradient at {in_a_row} consecutive steps, up to step {step}")
                 failed.append(k)
         if not members.live:
             last = members[failed[-1]] if failed else members[0]

@@ -40,6 +40,9 @@ class MemberState:
     history: list[dict[str, Any]] = field(default_factory=list)
     mlflow_run_id: str | None = None
 
+    def fail(self, why: str) -> None:
+        self.failure = why
+
     def bad_step(self) -> int:
         """Count a skipped step; returns how many in a row."""
         self.bad_in_a_row += 1
@@ -67,11 +70,22 @@ class Member:
         self.final_dir, self.eval_dir = layout.final_dir(self.name), layout.eval_dir(self.name)
         self.label = layout.label(self.name)
         self.export_extra = layout.export_meta(self.name, self.overrides)
-        self.tracker: Tracker | None = None  # set by MemberSet.start_tracking on rank 0
+        self.tracker: Tracker | None = None  # rank 0, once attached
 
     @property
     def failed(self) -> bool:
         return self.state.failure is not None
+
+    def attach(self, tracker: Tracker) -> None:
+        """Rank 0: track this member with `tracker` (the layout's choice), whose run id its state keeps."""
+        self.tracker = tracker
+        self.state.mlflow_run_id = tracker.run_id
+
+    def fail(self, why: str) -> None:
+        """This member has failed: it is marked, and its own MLflow run (a sweep's child) ends FAILED."""
+        self.state.fail(why)
+        if self.tracker is not None and self.tracker.nested:
+            self.tracker.finish("FAILED")
 
     def zero_loss(self) -> torch.Tensor:
         """A loss of 0 that still reaches every parameter, so DeepSpeed sees finite (zero) gradients for a
@@ -161,18 +175,10 @@ class MemberSet:
     def start_tracking(self, run: Tracker, fresh: bool) -> None:
         """Rank 0: each member's tracker (the layout says which); a new child run logs its overrides and config."""
         for m in self.members:
-            m.tracker = self.layout.tracker(run, m.name, m.state.mlflow_run_id)
-            m.state.mlflow_run_id = m.tracker.run_id
+            m.attach(self.layout.tracker(run, m.name, m.state.mlflow_run_id))
             if fresh and m.tracker is not run:
                 m.tracker.log_params({"member": m.name, **flatten(to_dict(m.cfg))})
                 m.tracker.log_params({f"override.{key}": v for key, v in m.overrides.items()})
-
-    def fail(self, k: int, why: str) -> None:
-        """Member k has failed: it is marked, and its own MLflow run (a sweep's child) ends FAILED."""
-        member = self.members[k]
-        member.state.failure = why
-        if member.tracker is not None and member.tracker.nested:
-            member.tracker.finish("FAILED")
 
     def finish(self, status: str) -> None:
         """End every member's own MLflow run still open (a stopped run: KILLED, resumable; a failed one: FAILED)."""
@@ -212,7 +218,8 @@ class MemberSet:
     def export(self, task: Task, results: Sequence[Metrics] | None, run_meta: dict[str, Any], step: int) -> dict:
         """Rank 0: each member that has not failed as a `final/` with its last evaluation; returns the
         headline of `result.json`."""
-        meta = {k: v for k, v in run_meta.items() if k not in ("members", "mlflow_run_id")}
+        # The run's checkpoint bookkeeping stays out: the member's own run id and state are what it carries.
+        meta = {k: v for k, v in run_meta.items() if k not in ("members", "mlflow_run_id", "wall_s")}
         headline = {}
         for k, m in enumerate(self.members):
             if m.failed:

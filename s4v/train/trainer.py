@@ -87,7 +87,7 @@ class Trainer:
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, self.checkpoints.latest)
         resumed_from = self.checkpoints.resume(resume, self.engine, self.view, self.position, self.members)
         self.tracker = run_tracker(cfg, dist.is_main, self.checkpoints.run_id)
-        self.checkpoints.run_id = self.tracker.run_id
+        self.checkpoints.track_as(self.tracker.run_id)
         if dist.is_main:
             self.members.start_tracking(self.tracker, fresh=not resumed_from)
         if not resumed_from:  # once per run, not again on resume
