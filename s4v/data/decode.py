@@ -2,6 +2,9 @@
 
 Probing counts the video packets by demuxing (no decoding) and compares them with what the container
 declares, so a truncated file is caught before any frame is decoded; decoding errors name the file.
+The same demux pass indexes the file (`VideoIndex`: each frame's timestamp and the keyframes), so decoding
+can seek past whole groups of pictures to the keyframe before a wanted frame where the file has them between
+the sampled frames, instead of decoding everything up to the last one; the frames are the same either way.
 Frame folders (SSv1's JPEG frames) are read with PIL.
 """
 
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+from bisect import bisect_right
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -65,6 +70,59 @@ def declared_frames(stream: av.video.stream.VideoStream, container: av.container
     return 0
 
 
+@dataclass(frozen=True)
+class VideoIndex:
+    """A video file's frames as its demuxer lists them: `frames` packets, and when every packet has a distinct
+    timestamp, `pts` (the frames' timestamps in presentation order, i.e. the decoder's output order) and
+    `keyframes` (indices of the frames decoding can start from)."""
+
+    frames: int
+    pts: tuple[int, ...] = ()
+    keyframes: tuple[int, ...] = ()
+
+    def keyframe_before(self, frame: int) -> int:
+        return self.keyframes[bisect_right(self.keyframes, frame) - 1]
+
+    def runs(self, wanted: list[int]) -> list[list[int]]:
+        """Sorted `wanted` frames cut where a keyframe lies after one wanted frame and at or before the next:
+        each run is decoded from the keyframe before its first frame (a seek), within a run frame by frame."""
+        runs: list[list[int]] = []
+        for frame in wanted:
+            if runs and self.keyframe_before(frame) <= runs[-1][-1]:
+                runs[-1].append(frame)
+            else:
+                runs.append([frame])
+        return runs
+
+    @property
+    def seekable(self) -> bool:
+        return bool(self.keyframes) and self.keyframes[0] == 0
+
+
+def index_video(path: str, data: bytes) -> VideoIndex:
+    """Demux (no decoding) a video file's bytes into its `VideoIndex`; BadVideo if it cannot be used."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise BadVideo(path, "no video stream")
+            stream = container.streams.video[0]
+            declared = declared_frames(stream, container)
+            packets = [(pkt.pts, pkt.is_keyframe) for pkt in container.demux(stream) if pkt.size]
+    except av.FFmpegError as e:
+        raise BadVideo(path, f"corrupt ({e.__class__.__name__}: {e})") from None
+    if not packets:
+        raise BadVideo(path, "corrupt (no video packets)")
+    if len(packets) < declared:
+        raise BadVideo(path, f"truncated ({len(packets)} of {declared} frames present)")
+    stamps = [pts for pts, _ in packets]
+    if None in stamps or len(set(stamps)) < len(stamps):  # no way to tell which frame a seek lands on
+        return VideoIndex(len(packets))
+    order = sorted(stamps)
+    rank = {pts: i for i, pts in enumerate(order)}
+    keyframes = tuple(sorted(rank[pts] for pts, key in packets if key))
+    return VideoIndex(len(packets), tuple(order), keyframes)
+
+
 def probe(path: str, data: bytes | None = None) -> int:
     """Number of frames of a video file (or frame folder); BadVideo if it cannot be used."""
     if Path(path).is_dir():
@@ -72,46 +130,72 @@ def probe(path: str, data: bytes | None = None) -> int:
         if n == 0:
             raise BadVideo(path, "frame folder without images")
         return n
-    data = read_bytes(path) if data is None else data
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise BadVideo(path, "no video stream")
-            stream = container.streams.video[0]
-            declared = declared_frames(stream, container)
-            count = sum(1 for pkt in container.demux(stream) if pkt.size)
-    except av.FFmpegError as e:
-        raise BadVideo(path, f"corrupt ({e.__class__.__name__}: {e})") from None
-    if count == 0:
-        raise BadVideo(path, "corrupt (no video packets)")
-    if count < declared:
-        raise BadVideo(path, f"truncated ({count} of {declared} frames present)")
-    return count
+    return index_video(path, read_bytes(path) if data is None else data).frames
 
 
-def decode_frames(path: str, indices: np.ndarray, data: bytes | None = None) -> np.ndarray:
-    """uint8 (len(indices), H, W, 3) RGB frames at `indices` (any order, repeats allowed)."""
+def decode_frames(
+    path: str, indices: np.ndarray, data: bytes | None = None, index: VideoIndex | None = None
+) -> np.ndarray:
+    """uint8 (len(indices), H, W, 3) RGB frames at `indices` (any order, repeats allowed). With the file's
+    `index`, decoding seeks to the keyframe before a run of wanted frames where that skips a whole group."""
     if Path(path).is_dir():
         files = _frame_files(Path(path))
         return np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in indices])
     data = read_bytes(path) if data is None else data
-    wanted = set(int(i) for i in indices)
-    last = max(wanted)
-    got: dict[int, np.ndarray] = {}
+    wanted = sorted(set(int(i) for i in indices))
+    seek = index is not None and index.seekable and index.keyframe_before(wanted[-1]) > 0
+    got = _decode(path, data, wanted, index if seek else None)
+    if seek and len(got) < len(wanted):  # a frame without the timestamp the demuxer listed: read it in order
+        got = _decode(path, data, wanted, None)
+    if len(got) < len(wanted):
+        raise BadVideo(path, f"truncated (frame {wanted[-1]} requested, {len(got)} of the wanted frames decoded)")
+    return np.stack([got[int(i)] for i in indices])
+
+
+def _decode(path: str, data: bytes, wanted: list[int], index: VideoIndex | None) -> dict[int, np.ndarray]:
+    """The `wanted` frames (sorted) decoded from the start, or run by run from seeks with the file's `index`."""
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # loaders parallelise over videos; codec threads only add overhead
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    got[i] = _to_rgb(frame)
-                if i >= last:
-                    break
+            if index is None:
+                return _decode_from_start(container, stream, wanted)
+            return _decode_runs(container, stream, index.runs(wanted), index)
     except av.FFmpegError as e:
         raise BadVideo(path, f"corrupt ({e.__class__.__name__}: {e})") from None
-    if len(got) < len(wanted):
-        raise BadVideo(path, f"truncated (frame {last} requested, {len(got)} of the wanted frames decoded)")
-    return np.stack([got[int(i)] for i in indices])
+
+
+def _decode_from_start(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, wanted: list[int]
+) -> dict[int, np.ndarray]:
+    """Every frame from the first to the last wanted one, in the decoder's output order."""
+    got: dict[int, np.ndarray] = {}
+    for i, frame in enumerate(container.decode(stream)):
+        if i in wanted:
+            got[i] = _to_rgb(frame)
+        if i >= wanted[-1]:
+            break
+    return got
+
+
+def _decode_runs(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    runs: list[list[int]],
+    index: VideoIndex,
+) -> dict[int, np.ndarray]:
+    """Each run decoded from a seek to the keyframe before its first frame; a frame is known by its timestamp."""
+    where = {pts: i for i, pts in enumerate(index.pts)}
+    got: dict[int, np.ndarray] = {}
+    for run in runs:
+        container.seek(index.pts[index.keyframe_before(run[0])], stream=stream, backward=True)
+        for frame in container.decode(stream):
+            i = where.get(frame.pts, -1)
+            if i in run:
+                got[i] = _to_rgb(frame)
+            if i >= run[-1]:
+                break
+    return got
 
 
 def read_clip(

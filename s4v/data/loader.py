@@ -25,7 +25,7 @@ from s4v.data.annotations import read_split
 from s4v.data.backend import resolve_backend
 from s4v.data.captions import CaptionSplit
 from s4v.data.config import DataConfig
-from s4v.data.decode import BadVideo, decode_frames, probe, read_bytes
+from s4v.data.decode import BadVideo, VideoIndex, decode_frames, index_video, probe, read_bytes
 from s4v.data.records import VideoRecord
 from s4v.data.sampling import clip_indices
 from s4v.data.transforms import draw_params, test_views, train_transform
@@ -46,12 +46,18 @@ class Prepared:
     data: bytes | None
     frames: np.ndarray  # all clips' indices, concatenated
     rng: np.random.Generator  # continues after the temporal draws; feeds the spatial augmentation
+    video: VideoIndex | None = None  # a file's frames and keyframes (decoding seeks with it); None for folders
 
 
 def prepare(index: int, rec: VideoRecord, cfg: DataConfig, train: bool, seed: int, epoch: int) -> Prepared:
     """Read + probe + pick frame indices; raises BadVideo."""
-    data = None if Path(rec.path).is_dir() else read_bytes(rec.path)
-    n = probe(rec.path, data)
+    data = video = None
+    if Path(rec.path).is_dir():
+        n = probe(rec.path)
+    else:
+        data = read_bytes(rec.path)
+        video = index_video(rec.path, data)
+        n = video.frames
     rng = np.random.default_rng([seed, epoch, index])
     if train:
         frames = clip_indices(n, cfg.num_frames, cfg.sampling, cfg.dense_stride, rng)
@@ -61,7 +67,7 @@ def prepare(index: int, rec: VideoRecord, cfg: DataConfig, train: bool, seed: in
             for k in range(cfg.test_clips)
         ]
         frames = np.concatenate(clips)
-    return Prepared(index, rec, data, frames, rng)
+    return Prepared(index, rec, data, frames, rng, video)
 
 
 def finish(p: Prepared, decoded: torch.Tensor, cfg: DataConfig, train: bool) -> torch.Tensor:
@@ -117,7 +123,7 @@ class _PyAVBatches(torch.utils.data.Dataset):
             rec = self.records[i]
             try:
                 p = prepare(int(i), rec, self.cfg, self.train, self.seed, self.epoch)
-                frames = torch.from_numpy(decode_frames(rec.path, p.frames, p.data))
+                frames = torch.from_numpy(decode_frames(rec.path, p.frames, p.data, p.video))
                 videos.append(finish(p, frames, self.cfg, self.train))
                 preps.append(p)
             except Exception as e:  # any per-video failure is a bad video, never a dead run
@@ -313,7 +319,7 @@ class VideoLoader:
             decoded, kept = [], []
             for p in preps:
                 try:
-                    decoded.append(torch.from_numpy(decode_frames(p.record.path, p.frames, p.data)))
+                    decoded.append(torch.from_numpy(decode_frames(p.record.path, p.frames, p.data, p.video)))
                     kept.append(p)
                 except BadVideo as err:
                     bad.append((err.path, err.reason))

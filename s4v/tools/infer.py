@@ -35,7 +35,7 @@ def read_views(path: str, data: DataConfig) -> torch.Tensor:
     """(V, T, 3, S, S) views of one video (V = data.test_clips x data.test_crops), built by the validation
     loader's functions; BadVideo when the file cannot be used."""
     p = prepare(0, VideoRecord(path, 0), data, train=False, seed=0, epoch=0)  # test sampling draws nothing
-    return finish(p, torch.from_numpy(decode_frames(path, p.frames, p.data)), data, train=False)
+    return finish(p, torch.from_numpy(decode_frames(path, p.frames, p.data, p.video)), data, train=False)
 
 
 def iter_views(
