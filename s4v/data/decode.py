@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,13 +169,9 @@ def _decode(path: str, data: bytes, wanted: list[int], index: VideoIndex | None)
 def _decode_from_start(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, wanted: list[int]
 ) -> dict[int, np.ndarray]:
-    """Every frame from the first to the last wanted one, in the decoder's output order."""
+    """Every frame from the first to the last wanted one; a frame is known by its place in the output order."""
     got: dict[int, np.ndarray] = {}
-    for i, frame in enumerate(container.decode(stream)):
-        if i in wanted:
-            got[i] = _to_rgb(frame)
-        if i >= wanted[-1]:
-            break
+    _collect(enumerate(container.decode(stream)), wanted, got)
     return got
 
 
@@ -189,13 +186,17 @@ def _decode_runs(
     got: dict[int, np.ndarray] = {}
     for run in runs:
         container.seek(index.pts[index.keyframe_before(run[0])], stream=stream, backward=True)
-        for frame in container.decode(stream):
-            i = where.get(frame.pts, -1)
-            if i in run:
-                got[i] = _to_rgb(frame)
-            if i >= run[-1]:
-                break
+        _collect(((where.get(frame.pts, -1), frame) for frame in container.decode(stream)), run, got)
     return got
+
+
+def _collect(numbered: Iterable[tuple[int, av.VideoFrame]], run: list[int], got: dict[int, np.ndarray]) -> None:
+    """Into `got`: the frames of `run` (sorted frame indices) among `numbered` frames, read up to the last one."""
+    for i, frame in numbered:
+        if i in run:
+            got[i] = _to_rgb(frame)
+        if i >= run[-1]:
+            break
 
 
 def read_clip(
