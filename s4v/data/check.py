@@ -7,7 +7,9 @@ decode. `--full` decodes every frame, which also catches corruption in the middl
 decodes up to its last sampled frame, so only a full check guarantees that it meets no bad video. Frame
 folders (SSv1) count their images and decode the first (`--full`: all). A bad video gets exactly one of
 `check_report.BAD_REASONS`; fewer frames than `--num-frames` is a warning (the sampler repeats frames), and
-a file under the root that no annotation lists is reported as unlisted, not bad.
+a file under the root that no annotation lists is reported as unlisted, not bad. The same demux pass indexes each
+usable file (`s4v.data.video_index`: frame count, size, keyframes) for `data.video_index`, and each split's count is
+held against the official one of its dataset (`s4v.data.official`), with a fingerprint of its annotation file.
 
 Exit code 0: no bad video; 1: bad videos (one `path: reason` line each); 2: usage error. The skip list it
 writes holds the bad videos' paths exactly as the loader's records spell them, for `data.skip_list`.
@@ -20,7 +22,7 @@ import difflib
 import io
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from time import perf_counter
 from typing import Any, get_args
@@ -31,10 +33,12 @@ from PIL import Image
 from s4v.core.errors import UserError
 from s4v.core.progress import progress
 from s4v.data.annotations import read_split
-from s4v.data.check_report import summarise, write_report
+from s4v.data.check_report import summarise, summary_lines, write_report
 from s4v.data.config import DataConfig, Format
-from s4v.data.decode import FRAME_EXTS, declared_frames
+from s4v.data.decode import FRAME_EXTS, declared_frames, index_from_packets
+from s4v.data.official import annotation_fingerprint
 from s4v.data.records import VideoRecord
+from s4v.data.video_index import index_entry, write_video_index
 
 SPLITS = ("train", "val")
 FIRST_FRAMES = 3  # decoded by the quick probe: the loader always decodes from frame 0
@@ -56,6 +60,7 @@ class Probe:
     width: int | None = None
     height: int | None = None
     seconds: float = 0.0  # time the probe took
+    index: dict[str, Any] | None = field(default=None, repr=False)  # a usable file's video_index.jsonl line
 
 
 def probe_video(path: str, full: bool = False) -> Probe:
@@ -75,6 +80,7 @@ def _probe_chunk(paths: list[str], full: bool) -> list[Probe]:
 
 def _probe_file(path: str, full: bool) -> Probe:
     try:
+        stat = os.stat(path)  # before reading: a file that changes after the read must look changed to the index
         data = Path(path).read_bytes()  # the loader decodes the bytes too, so both see the same input
     except FileNotFoundError:
         return Probe(path, "missing")
@@ -90,20 +96,24 @@ def _probe_file(path: str, full: bool) -> Probe:
         if not container.streams.video:
             kinds = ", ".join(s.type for s in container.streams) or "none"
             return Probe(path, "no video stream", f"streams: {kinds}")
-        return _scan_stream(path, container, full)
+        return _scan_stream(path, container, full, stat)
 
 
-def _scan_stream(path: str, container: av.container.InputContainer, full: bool) -> Probe:
-    """Count the video packets, decoding the first frames (all with `full`) on the way."""
+def _scan_stream(path: str, container: av.container.InputContainer, full: bool, stat: os.stat_result) -> Probe:
+    """Count the video packets, decoding the first frames (all with `full`) on the way; a usable file's Probe
+    carries its index line, stamped with the file's `stat`."""
     stream = container.streams.video[0]
     stream.thread_type = "NONE"  # the pool parallelises over videos; codec threads only add overhead
     declared = declared_frames(stream, container)  # the loader's rule, so a video it probes fine passes here
-    packets = decoded = 0
+    declared_size = (stream.codec_context.height, stream.codec_context.width)  # index_video's, read before decoding
+    stamps: list[tuple[int | None, bool]] = []  # what index_video lists, from this same pass
+    decoded = 0
     size: tuple[int, int] | None = None
     error = ""
     try:
         for packet in container.demux(stream):
-            packets += bool(packet.size)
+            if packet.size:
+                stamps.append((packet.pts, packet.is_keyframe))
             if error or not (full or decoded < FIRST_FRAMES):
                 continue
             try:
@@ -113,7 +123,8 @@ def _scan_stream(path: str, container: av.container.InputContainer, full: bool) 
             except av.FFmpegError as e:  # the loader decodes from frame 0 on, so it would fail here too
                 error = f"frame {decoded} does not decode ({e})"
     except av.FFmpegError as e:
-        return Probe(path, "unreadable", f"demuxing stops after {packets} packets ({e})")
+        return Probe(path, "unreadable", f"demuxing stops after {len(stamps)} packets ({e})")
+    packets = len(stamps)
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else None
     if container.duration:
@@ -134,7 +145,7 @@ def _scan_stream(path: str, container: av.container.InputContainer, full: bool) 
         return replace(found, reason="unreadable", detail=f"truncated: {packets} of {declared} frames present")
     if full and decoded < packets:
         return replace(found, reason="unreadable", detail=f"only {decoded} of {packets} frames decode")
-    return found
+    return replace(found, index=index_entry(path, index_from_packets(stamps, declared_size), stat))
 
 
 def _probe_folder(folder: Path, full: bool) -> Probe:
@@ -215,15 +226,12 @@ def run_check(
     t0 = perf_counter()
     probes = probe_all(paths, workers, full)
     wall_s = perf_counter() - t0
-    doc = summarise(
-        {"root": str(root), "fmt": data.fmt, "splits": splits, "num_frames": data.num_frames, "full": full},
-        records,
-        [asdict(probes[p]) for p in paths],
-        unlisted,
-        notes,
-        {"workers": workers, "wall_s": wall_s},
-    )
-    return doc, write_report(doc, out)
+    videos = [asdict(probes[p]) for p in paths]
+    index = [line for v in videos if (line := v.pop("index")) is not None]  # video_index.jsonl's, not the report's
+    meta = {"root": str(root), "fmt": data.fmt, "splits": splits, "num_frames": data.num_frames, "full": full}
+    annotations = {split: annotation_fingerprint(data, split) for split in splits}
+    doc = summarise(meta, records, videos, unlisted, notes, {"workers": workers, "wall_s": wall_s}, annotations)
+    return doc, [*write_report(doc, out), write_video_index(index, out, {"root": str(root), "fmt": data.fmt})]
 
 
 def _read(data: DataConfig, split: str) -> list[VideoRecord]:
@@ -248,27 +256,6 @@ def _data_config(a: argparse.Namespace) -> DataConfig:
     if not Path(data.root).is_dir():
         raise UserError(f"data root {data.root!r} is not a directory")
     return data
-
-
-def _print_summary(doc: dict[str, Any], files: list[Path]) -> None:
-    for bad in doc["bad"]:
-        print(f"{bad['path']}: {bad['reason']}")
-    for split, s in doc["summary"].items():
-        bad = sum(s["bad"].values())
-        reasons = ", ".join(f"{reason} {n}" for reason, n in s["bad"].items() if n)
-        line = f"{split}: {s['videos']} videos, {s['ok']} ok, {bad} bad" + (f" ({reasons})" if reasons else "")
-        print(line + (f", {s['short']} shorter than {doc['num_frames']} frames (warning)" if s["short"] else ""))
-    listing = " (see report.md)" if doc["unlisted"] else ""
-    print(f"unlisted: {len(doc['unlisted'])} video(s) under the root that no annotation lists{listing}")
-    for note in doc["notes"]:
-        print(f"note: {note}")
-    p = doc["probe"]
-    print(
-        f"probe: {p['videos']} videos in {p['wall_s']:.2f} s on {p['workers']} worker(s): "
-        f"{p['videos_per_s']:.1f} videos/s, {p['videos_per_s_per_worker']:.1f} per worker "
-        f"({p['busy_videos_per_s']:.1f} per busy worker-second)" + (", every frame decoded" if doc["full"] else "")
-    )
-    print(f"report: {', '.join(map(str, files))}")
 
 
 def cli(argv: list[str]) -> int:
@@ -297,5 +284,5 @@ def cli(argv: list[str]) -> int:
     data = _data_config(a)
     out = a.out or Path("outputs/data_check") / (Path(data.root).resolve().name or "root")
     doc, files = run_check(data, a.splits, a.workers, a.full, out)
-    _print_summary(doc, files)
+    print("\n".join(summary_lines(doc, files)))
     return 1 if doc["bad"] else 0

@@ -1,4 +1,5 @@
-"""What `s4v data check` writes: report.json (everything), report.md, the skip list and three histograms.
+"""What `s4v data check` writes: report.json (everything), report.md, the skip list, three histograms and its printed
+summary (the video index, `video_index.jsonl`, is `s4v.data.video_index`'s).
 
 The JSON document is built first (`summarise`); the Markdown, the skip list and the plots are drawn from
 it, so the files cannot disagree.
@@ -10,6 +11,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from s4v.data.official import compare, comparison_lines
 
 # The reasons a video is bad, in the order the summaries show them.
 BAD_REASONS = ("missing", "empty", "unreadable", "no video stream", "no frames")
@@ -24,9 +27,11 @@ def summarise(
     unlisted: list[str],
     notes: list[str],
     speed: dict[str, Any],
+    annotations: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
-    """The report document: `meta`, per-split counts, the bad and short videos, unlisted files, probe speed
-    and every probe (`videos`, one dict per distinct path; `records`: each split's paths as annotated)."""
+    """The report document: `meta`, per-split counts (against the official ones) and annotation fingerprints
+    (`annotations`), the bad and short videos, unlisted files, probe speed and every probe (`videos`, one dict
+    per distinct path; `records`: each split's paths as annotated)."""
     by_path = {v["path"]: v for v in videos}
     splits_of: dict[str, list[str]] = defaultdict(list)
     summary = {}
@@ -35,11 +40,14 @@ def summarise(
             splits_of[path].append(split)
         found = [by_path[p] for p in paths]
         bad = {reason: sum(v["reason"] == reason for v in found) for reason in BAD_REASONS}
+        ok = len(paths) - sum(bad.values())
         summary[split] = {
             "videos": len(paths),
-            "ok": len(paths) - sum(bad.values()),
+            "ok": ok,
             "bad": bad,
             "short": sum(_is_short(v, meta["num_frames"]) for v in found),
+            "official": compare(meta["fmt"], split, len(paths), ok),
+            "annotation": annotations[split],
         }
     n, wall, workers = len(videos), speed["wall_s"], speed["workers"]
     busy = sum(v["seconds"] for v in videos)
@@ -64,6 +72,28 @@ def summarise(
         },
         "videos": videos,
     }
+
+
+def summary_lines(doc: dict[str, Any], files: list[Path]) -> list[str]:
+    """What the check prints: each bad video as `path: reason`, then per split its counts and its count against
+    the official one, unlisted files, notes, probe speed and the files written."""
+    lines = [f"{bad['path']}: {bad['reason']}" for bad in doc["bad"]]
+    for split, s in doc["summary"].items():
+        bad = sum(s["bad"].values())
+        reasons = ", ".join(f"{reason} {n}" for reason, n in s["bad"].items() if n)
+        line = f"{split}: {s['videos']} videos, {s['ok']} ok, {bad} bad" + (f" ({reasons})" if reasons else "")
+        lines.append(line + (f", {s['short']} shorter than {doc['num_frames']} frames (warning)" if s["short"] else ""))
+    lines += comparison_lines(doc)
+    listing = " (see report.md)" if doc["unlisted"] else ""
+    lines.append(f"unlisted: {len(doc['unlisted'])} video(s) under the root that no annotation lists{listing}")
+    lines += [f"note: {note}" for note in doc["notes"]]
+    p = doc["probe"]
+    lines.append(
+        f"probe: {p['videos']} videos in {p['wall_s']:.2f} s on {p['workers']} worker(s): "
+        f"{p['videos_per_s']:.1f} videos/s, {p['videos_per_s_per_worker']:.1f} per worker "
+        f"({p['busy_videos_per_s']:.1f} per busy worker-second)" + (", every frame decoded" if doc["full"] else "")
+    )
+    return [*lines, f"report: {', '.join(map(str, files))}"]
 
 
 def _is_short(video: dict[str, Any], num_frames: int) -> bool:
@@ -107,6 +137,13 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
     for split, s in doc["summary"].items():
         counts = " | ".join(str(s["bad"][r]) for r in BAD_REASONS)
         lines.append(f"| {split} | {s['videos']} | {s['ok']} | {counts} | {s['short']} |")
+    lines += ["", "## Against the official split sizes", "", "| split | usable | official | difference | annotation |"]
+    lines.append("|---|---:|---:|---:|---|")
+    for split, s in doc["summary"].items():
+        o, a = s["official"], s["annotation"]
+        official, diff = (f"{o['videos']:,} ({o['source']})", f"{o['difference']:+,}") if o else ("none", "")
+        lines.append(f"| {split} | {s['ok']:,} | {official} | {diff} | `{a['file']}` sha256 `{a['sha256']}` |")
+    lines += ["", *[f"- {line}" for line in comparison_lines(doc)]]
     lines += ["", f"## Bad videos ({len(doc['bad'])})", ""]
     if doc["bad"]:
         lines += ["| path | reason | detail |", "|---|---|---|"]

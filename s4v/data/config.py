@@ -61,6 +61,9 @@ class DataConfig:
     # File of video paths to leave out (one a line; `s4v data check` writes one), relative to the working
     # directory; its entries are VideoRecord paths as built, or paths relative to `root`.
     skip_list: str | None = None
+    # `video_index.jsonl` that `s4v data check` writes next to its report, relative to the working directory (as
+    # skip_list): each unchanged video file's frame count, size and keyframes come from it instead of a demux per read.
+    video_index: str | None = None
 
     def __post_init__(self) -> None:
         # Python callers may pass lists; tuples as the loader makes them, so equal configs compare equal.

@@ -75,11 +75,13 @@ def declared_frames(stream: av.video.stream.VideoStream, container: av.container
 class VideoIndex:
     """A video file's frames as its demuxer lists them: `frames` packets, and when every packet has a distinct
     timestamp, `pts` (the frames' timestamps in presentation order, i.e. the decoder's output order) and
-    `keyframes` (indices of the frames decoding can start from)."""
+    `keyframes` (indices of the frames decoding can start from); `size` is the frames' (height, width) as the
+    stream declares them, known before decoding so that crop boxes can be drawn up front."""
 
     frames: int
     pts: tuple[int, ...] = ()
     keyframes: tuple[int, ...] = ()
+    size: tuple[int, int] = (0, 0)
 
     def keyframe_before(self, frame: int) -> int:
         return self.keyframes[bisect_right(self.keyframes, frame) - 1]
@@ -108,6 +110,7 @@ def index_video(path: str, data: bytes) -> VideoIndex:
                 raise BadVideo(path, "no video stream")
             stream = container.streams.video[0]
             declared = declared_frames(stream, container)
+            size = (stream.codec_context.height, stream.codec_context.width)
             packets = [(pkt.pts, pkt.is_keyframe) for pkt in container.demux(stream) if pkt.size]
     except av.FFmpegError as e:
         raise BadVideo(path, f"corrupt ({e.__class__.__name__}: {e})") from None
@@ -115,22 +118,34 @@ def index_video(path: str, data: bytes) -> VideoIndex:
         raise BadVideo(path, "corrupt (no video packets)")
     if len(packets) < declared:
         raise BadVideo(path, f"truncated ({len(packets)} of {declared} frames present)")
+    return index_from_packets(packets, size)
+
+
+def index_from_packets(packets: list[tuple[int | None, bool]], size: tuple[int, int]) -> VideoIndex:
+    """The index of a stream's non-empty video packets, (pts, is_keyframe) in demux order; shared by `index_video`
+    and `s4v data check`, which demuxes every file anyway."""
     stamps = [pts for pts, _ in packets]
     if None in stamps or len(set(stamps)) < len(stamps):  # no way to tell which frame a seek lands on
-        return VideoIndex(len(packets))
+        return VideoIndex(len(packets), size=size)
     order = sorted(stamps)
     rank = {pts: i for i, pts in enumerate(order)}
     keyframes = tuple(sorted(rank[pts] for pts, key in packets if key))
-    return VideoIndex(len(packets), tuple(order), keyframes)
+    return VideoIndex(len(packets), tuple(order), keyframes, size)
+
+
+def index_folder(path: str) -> VideoIndex:
+    """A frame folder's frame count and frame size (from the first image's header); BadVideo without images."""
+    files = _frame_files(Path(path))
+    if not files:
+        raise BadVideo(path, "frame folder without images")
+    with Image.open(files[0]) as first:
+        return VideoIndex(len(files), size=(first.height, first.width))
 
 
 def probe(path: str, data: bytes | None = None) -> int:
     """Number of frames of a video file (or frame folder); BadVideo if it cannot be used."""
     if Path(path).is_dir():
-        n = len(_frame_files(Path(path)))
-        if n == 0:
-            raise BadVideo(path, "frame folder without images")
-        return n
+        return index_folder(path).frames
     return index_video(path, read_bytes(path) if data is None else data).frames
 
 

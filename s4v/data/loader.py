@@ -9,12 +9,11 @@ the backend's scheduling or the resume point.
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +24,9 @@ from s4v.data.annotations import read_split
 from s4v.data.backend import resolve_backend
 from s4v.data.captions import CaptionSplit
 from s4v.data.config import DataConfig
-from s4v.data.decode import BadVideo, VideoIndex, decode_frames, index_video, probe, read_bytes
-from s4v.data.records import VideoRecord
-from s4v.data.sampling import clip_indices
-from s4v.data.transforms import draw_params, test_views, train_transform
+from s4v.data.decode import BadVideo, decode_frames
+from s4v.data.prepare import Prepared, finish, prepare
+from s4v.data.video_index import load_video_index
 
 log = logging.getLogger("s4v.data")
 
@@ -37,68 +35,24 @@ class BadVideoError(RuntimeError):
     """More bad videos in one epoch than `DataConfig.max_bad_videos`."""
 
 
-@dataclass
-class Prepared:
-    """A video ready to decode: bytes (None for frame folders) and the frames to read."""
-
-    index: int
-    record: VideoRecord
-    data: bytes | None
-    frames: np.ndarray  # all clips' indices, concatenated
-    rng: np.random.Generator  # continues after the temporal draws; feeds the spatial augmentation
-    video: VideoIndex | None = None  # a file's frames and keyframes (decoding seeks with it); None for folders
-
-
-def prepare(index: int, rec: VideoRecord, cfg: DataConfig, train: bool, seed: int, epoch: int) -> Prepared:
-    """Read + probe + pick frame indices; raises BadVideo."""
-    data = video = None
-    if Path(rec.path).is_dir():
-        n = probe(rec.path)
-    else:
-        data = read_bytes(rec.path)
-        video = index_video(rec.path, data)
-        n = video.frames
-    rng = np.random.default_rng([seed, epoch, index])
+def _stack(videos: list[torch.Tensor], train: bool) -> torch.Tensor | None:
+    """`finish`'s outputs -> one batch tensor, as `DaliClips.result` lays it out. Training: (B x R, T, 3, S, S),
+    the R clips of a video adjacent (video 0 clip 0, video 0 clip 1, video 1 clip 0, ...) as the reference's
+    `multiple_samples_collate` flattens each video's clip list; test: (B, V, T, 3, S, S), or (B, T, 3, S, S)
+    for a single view (the training layout)."""
+    if not videos:
+        return None
     if train:
-        frames = clip_indices(n, cfg.num_frames, cfg.sampling, cfg.dense_stride, rng)
-    else:
-        clips = [
-            clip_indices(n, cfg.num_frames, cfg.sampling, cfg.dense_stride, None, k, cfg.test_clips)
-            for k in range(cfg.test_clips)
-        ]
-        frames = np.concatenate(clips)
-    return Prepared(index, rec, data, frames, rng, video)
-
-
-def finish(p: Prepared, decoded: torch.Tensor, cfg: DataConfig, train: bool) -> torch.Tensor:
-    """Decoded uint8 (n, H, W, 3) -> train clips (R, T, 3, S, S), R = `num_repeats`, or test views
-    (V, T, 3, S, S), V = clips x crops.
-
-    The R training clips are Table 12's repeated sampling as the reference's `num_sample` makes it: one
-    decode and one temporal draw per video, then R spatial draws in turn from the sample's rng, so clip 0
-    is the clip R = 1 gives and every clip stays a function of (seed, epoch, video index).
-    """
-    if train:
-        h, w = decoded.shape[1:3]
-        clips = [train_transform(decoded, draw_params(p.rng, cfg, h, w), cfg) for _ in range(cfg.num_repeats)]
-        return torch.stack(clips)
-    clips = decoded.reshape(cfg.test_clips, cfg.num_frames, *decoded.shape[1:])
-    return torch.cat([test_views(c, cfg) for c in clips])
+        return torch.cat(videos)
+    video = torch.stack(videos)
+    return video[:, 0] if video.shape[1] == 1 else video
 
 
 def _collate(
-    videos: list[torch.Tensor], preps: list[Prepared], bad: list[tuple[str, str]], cfg: DataConfig, train: bool
+    video: torch.Tensor | None, preps: list[Prepared], bad: list[tuple[str, str]], cfg: DataConfig, train: bool
 ) -> dict[str, object]:
-    """`finish`'s outputs -> one batch. Training: (B x R, T, 3, S, S), the R clips of a video adjacent
-    (video 0 clip 0, video 0 clip 1, video 1 clip 0, ...) as the reference's `multiple_samples_collate`
-    flattens each video's clip list, with labels and indices repeated to match."""
+    """A batch: the clips with labels and indices repeated to match the R clips of each training video."""
     repeats = cfg.num_repeats if train else 1
-    if videos:
-        video = torch.cat(videos) if train else torch.stack(videos)
-        if not train and video.shape[1] == 1:  # a single view keeps the training layout
-            video = video[:, 0]
-    else:
-        video = None
     return {
         "video": video,
         "label": torch.tensor([p.record.label for p in preps], dtype=torch.long).repeat_interleave(repeats),
@@ -130,20 +84,7 @@ class _PyAVBatches(torch.utils.data.Dataset):
                 bad.append((rec.path, e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"))
         for p in preps:
             p.data = None  # do not ship the encoded bytes back to the main process
-        return _collate(videos, preps, bad, self.cfg, self.train)
-
-
-@contextmanager
-def _single_thread(device: torch.device) -> Iterator[None]:
-    """Per-clip CPU ops are tiny: torch's intra-op thread pool only spins against DALI's decoder threads
-    (measured: 30 instead of 450 clips/s with 2 torch threads on 2 cores)."""
-    n = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+        return _collate(_stack(videos, self.train), preps, bad, self.cfg, self.train)
 
 
 def _worker_init(_: int) -> None:
@@ -181,6 +122,8 @@ class VideoLoader:
         self.records, self.classes = loaded.records, loaded.classes
         self.captions: CaptionSplit | None = loaded.captions
         self.backend = resolve_backend(cfg, self.records)
+        if cfg.video_index:  # a bad path fails here, and forked workers inherit the table
+            load_video_index(cfg.video_index)
         self.epoch = 0
         self.consumed = 0  # videos of the epoch's global order behind the batches yielded so far
         self.bad_videos: list[tuple[str, str]] = []
@@ -282,22 +225,32 @@ class VideoLoader:
             prefetch_factor=2 if workers else None,
             pin_memory=torch.device(self.cfg.device).type == "cuda",
         )
-        yield from loader
+        # The workers fork here. A DALI pipeline alive in this process (another loader's) must never be garbage
+        # collected in a worker: its destructor waits for threads a fork does not copy, and the worker hangs.
+        # The collector never visits objects frozen before the fork.
+        gc.freeze()
+        try:
+            batches_iter = iter(loader)
+        finally:
+            gc.unfreeze()
+        yield from batches_iter
 
     def _iter_dali(self, batches: list[np.ndarray]) -> Iterator[dict]:
-        """Reading + probing of batch k+1 (threads) overlaps DALI decoding batch k."""
-        from s4v.data.dali import DaliVideoDecoder
+        """Threads read and index the next two batches; the DALI graph makes batch k + 1 while batch k is with
+        the training loop (see `s4v.data.dali_pipeline`)."""
+        from s4v.data.dali_pipeline import DaliClips
 
         if self._dali is None:
-            self._dali = DaliVideoDecoder(self.cfg.batch_size, max(self.cfg.num_workers, 1), self.cfg.device)
+            self._dali = DaliClips(self.cfg, self.train, max(self.cfg.num_workers, 1), torch.device(self.cfg.device))
         with ThreadPoolExecutor(max_workers=max(self.cfg.num_workers, 1)) as pool:
-            futures = [pool.submit(self._prepare_batch, b) for b in batches[:1]]
+            prepared = deque(pool.submit(self._prepare_batch, b) for b in batches[:2])
+            running = self._start_dali(*prepared.popleft().result()) if batches else None
             for k in range(len(batches)):
-                preps, bad = futures[k].result()
-                if k + 1 < len(batches):
-                    futures.append(pool.submit(self._prepare_batch, batches[k + 1]))
-                futures[k] = None
-                yield self._decode_dali(preps, bad)
+                if k + 2 < len(batches):
+                    prepared.append(pool.submit(self._prepare_batch, batches[k + 2]))
+                done = self._finish_dali(*running)
+                running = self._start_dali(*prepared.popleft().result()) if prepared else None
+                yield done
 
     def _prepare_batch(self, batch: np.ndarray) -> tuple[list[Prepared], list[tuple[str, str]]]:
         preps, bad = [], []
@@ -309,25 +262,38 @@ class VideoLoader:
                 bad.append((rec.path, e.reason if isinstance(e, BadVideo) else f"corrupt ({e!r})"))
         return preps, bad
 
-    def _decode_dali(self, preps: list[Prepared], bad: list[tuple[str, str]]) -> dict:
+    def _start_dali(
+        self, preps: list[Prepared], bad: list[tuple[str, str]]
+    ) -> tuple[list[Prepared], list[tuple[str, str]], Exception | None]:
+        """Schedule a batch on the graph; a batch it refuses is remembered and made the PyTorch way."""
         try:
-            decoded = self._dali.decode([p.data for p in preps], [p.frames for p in preps])
-        except Exception as e:  # a video DALI rejects although it probed fine: find it with PyAV
-            lines = str(e).splitlines() or [repr(e)]
-            reason = next((ln for ln in lines if "ailed" in ln), lines[-1])  # DALI: "Assert ... failed: <why>"
-            log.warning("DALI failed on a batch (%s); decoding it with PyAV", reason.strip())
-            decoded, kept = [], []
-            for p in preps:
-                try:
-                    decoded.append(torch.from_numpy(decode_frames(p.record.path, p.frames, p.data, p.video)))
-                    kept.append(p)
-                except BadVideo as err:
-                    bad.append((err.path, err.reason))
-            preps = kept
-        device = torch.device(self.cfg.device)
-        with _single_thread(device):
-            videos = [finish(p, d.to(device), self.cfg, self.train) for p, d in zip(preps, decoded, strict=True)]
-        return _collate(videos, preps, bad, self.cfg, self.train)
+            if preps:
+                self._dali.start(preps)
+            return preps, bad, None
+        except Exception as e:
+            return preps, bad, e
+
+    def _finish_dali(self, preps: list[Prepared], bad: list[tuple[str, str]], error: Exception | None) -> dict:
+        if not preps:
+            return _collate(None, preps, bad, self.cfg, self.train)
+        if error is None:
+            try:
+                return _collate(self._dali.result(), preps, bad, self.cfg, self.train)
+            except Exception as e:
+                error = e
+        # A video DALI rejects although it was indexed fine: make the batch with PyAV, which names it.
+        lines = str(error).splitlines() or [repr(error)]
+        reason = next((ln for ln in lines if "ailed" in ln), lines[-1])  # DALI: "Assert ... failed: <why>"
+        log.warning("DALI failed on a batch (%s); making it with PyAV", reason.strip())
+        videos, kept = [], []
+        for p in preps:
+            try:
+                decoded = torch.from_numpy(decode_frames(p.record.path, p.frames, p.data, p.video))
+                videos.append(finish(p, decoded, self.cfg, self.train).to(self.cfg.device))
+                kept.append(p)
+            except BadVideo as err:
+                bad.append((err.path, err.reason))
+        return _collate(_stack(videos, self.train), kept, bad, self.cfg, self.train)
 
 
 def build_loader(

@@ -25,7 +25,7 @@ from s4v.core.errors import UserError
 from s4v.core.progress import progress, write
 from s4v.data.config import DataConfig, parse_views
 from s4v.data.decode import BadVideo, decode_frames
-from s4v.data.loader import finish, prepare
+from s4v.data.prepare import finish, prepare
 from s4v.data.records import VideoRecord
 from s4v.train.evaluate import predict
 from s4v.train.trained import DTYPES, default_dtype, load_trained
