@@ -31,13 +31,15 @@ retrieval-demo: $(STAMP)
 			model.kind=$$kind train.out_dir=runs/retrieval/$$kind || exit 1; \
 	done
 
-# Four learning rates trained side by side on one frozen pass (docs/sweeps.md); lr 1e12 diverges on purpose.
+# Eight members (4 learning rates x 2 widths) on one frozen pass, halved at 1/8, 1/4 and 1/2 of the run on a held-out
+# tenth of the training set (docs/sweeps.md); lr 1e12 diverges on purpose and leaves the pass when it fails.
 sweep-demo: $(STAMP)
 	$(VENV)/bin/s4v synth --out data/synth
 	$(PY) launch/train.py --ds ds_configs/cpu.json --config configs/synth_tiny.yaml train.out_dir=runs/sweep-demo \
-		tracking.experiment=s4v-sweep-demo 'sweep.grid.optim.lr=[1.0e-4,1.0e-3,1.0e-2,1.0e+12]'
+		tracking.experiment=s4v-sweep-demo data.heldout_fraction=0.1 sweep.halving.eta=2 \
+		'sweep.grid.optim.lr=[1.0e-4,1.0e-3,1.0e-2,1.0e+12]' 'sweep.grid.model.side_dim=[64,128]'
 	$(PY) launch/eval.py --checkpoint runs/sweep-demo --views 3x2
-	cat runs/sweep-demo/eval_3x2/sweep.md
+	cat runs/sweep-demo/sweep.md runs/sweep-demo/eval_3x2/sweep.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

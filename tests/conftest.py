@@ -23,6 +23,15 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def one_rank_halving(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A static sweep and the same sweep halved (tests/test_halving_train.py), on one rank, trained once per
+    session: the halving test and tests/test_ensemble.py both read them."""
+    from test_halving_train import _static_and_halving
+
+    return _static_and_halving(synth, tmp_path_factory.mktemp("halving"), 1)
+
+
 def _shm_buffers() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
 

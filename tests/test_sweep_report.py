@@ -64,7 +64,13 @@ def test_json_round_trips_and_names_best(tmp_path: Path, lr_rows: list[dict[str,
     js, md, png = write_sweep_report(tmp_path, lr_rows, "top1")
     assert (js, md, png) == (tmp_path / "sweep.json", tmp_path / "sweep.md", tmp_path / "sweep.png")
     doc = _strict_json(js)
-    assert doc == {"metric": "top1", "higher_is_better": True, "best_member": "lr=0.001", "members": lr_rows}
+    assert doc == {
+        "metric": "top1",
+        "higher_is_better": True,
+        "best_member": "lr=0.001",
+        "members": lr_rows,
+        "halving": None,
+    }
     assert lr_rows == before  # the caller's rows are not cleaned in place
     # Atomic writes leave no temp file behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json", "sweep.md", "sweep.png"]
@@ -184,5 +190,11 @@ def test_non_finite_floats_become_null(tmp_path: Path) -> None:
 def test_no_rows_no_plot(tmp_path: Path) -> None:
     js, md, png = write_sweep_report(tmp_path / "new", [], "top1")
     assert png is None and not (tmp_path / "new" / "sweep.png").exists()
-    assert _strict_json(js) == {"metric": "top1", "higher_is_better": True, "best_member": None, "members": []}
+    assert _strict_json(js) == {
+        "metric": "top1",
+        "higher_is_better": True,
+        "best_member": None,
+        "members": [],
+        "halving": None,
+    }
     assert _table_rows(md.read_text()) == []

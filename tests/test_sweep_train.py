@@ -108,10 +108,12 @@ def test_each_member_equals_its_run_alone(synth: Path, tmp_path: Path, ranks: in
     if ranks == 1:  # the lr 1e12 member: stopped after train.max_bad_steps, reported, not exported
         failed = report["members"][2]
         assert failed["failed"] and failed["export"] is None and "consecutive steps" in failed["failure"]
+        assert failed["left"]["why"] == "failed" and failed["left"]["step"] == 3  # it left the pass at once
         assert not (sweep / "members" / "lr=1e+12").exists()
         assert "[s4v] member lr=1e+12 failed:" in r.stdout
         rows = [json.loads(line) for line in (sweep / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == STEPS and all(row["loss/lr=0.003"] == row["loss/lr=0.003"] for row in rows)
+        assert [row["members_in_pass"] for row in rows] == [3, 3, 3, 2]
         _assert_children(db, ["lr=0.003", "side_dim=128", "lr=1e+12"])
         _assert_resume_equal(synth, tmp_path / "resumed", sweep, _members(*members))
         _assert_sweep_eval(sweep, "lr=0.003")

@@ -15,6 +15,7 @@ from s4v.config.schema import Config
 from s4v.config.typed import not_one_of
 from s4v.core.choices import SideOptions
 from s4v.core.errors import UserError
+from s4v.data.heldout import check_heldout
 from s4v.data.randaug import RandAugmentSpec
 from s4v.models.architectures import BACKBONES, PRESETS
 
@@ -63,12 +64,13 @@ def check_preset(cfg: Config) -> None:
 
 def check_data(cfg: Config) -> None:
     """`data` values the field types cannot express: repeated sampling is a count, and recognition's only; a
-    RandAugment spec parses."""
+    RandAugment spec parses; the held-out carve is a fraction in [0, 1) or a list, not both."""
     if cfg.data.randaugment is not None:
         try:
             RandAugmentSpec.parse(cfg.data.randaugment)
         except UserError as e:
             raise UserError(f"data.randaugment: {e}") from None
+    check_heldout(cfg.data)
     repeats = cfg.data.num_repeats
     if repeats < 1:
         raise UserError(f"data.num_repeats: {repeats} is not a positive count of clips per training video")
@@ -86,6 +88,8 @@ def check_paths(cfg: Config) -> None:
         raise UserError(f"data.root: {cfg.data.root!r} is not a directory")
     if cfg.data.skip_list is not None and not Path(cfg.data.skip_list).is_file():
         raise UserError(f"data.skip_list: {cfg.data.skip_list!r} is not a file (`s4v data check` writes one)")
+    if cfg.data.heldout_list is not None and not Path(cfg.data.heldout_list).is_file():
+        raise UserError(f"data.heldout_list: {cfg.data.heldout_list!r} is not a file")
     if cfg.data.video_index is not None and not Path(cfg.data.video_index).is_file():
         raise UserError(f"data.video_index: {cfg.data.video_index!r} is not a file (`s4v data check` writes one)")
     if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():

@@ -8,7 +8,7 @@ change. Plain `typing` and dataclasses only: no torch, no DeepSpeed, nothing hea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from s4v.core.choices import AttnBackend, CompileFrozen, Matching, ModelKind, SideOptions, Task, TemporalImpl
 from s4v.data.config import DataConfig
@@ -81,6 +81,25 @@ class TrackingConfig:
     system_metrics_interval: float = 10.0  # seconds between psutil samples
 
 
+# What successive halving ranks members by: a recognition metric of `s4v.train.tasks` (all higher-is-better),
+# and on which split: the held-out part of the training list (`data.heldout_fraction`) or the validation list.
+HalvingMetric = Literal["top1", "top5", "mean_class_accuracy"]
+HalvingSelect = Literal["heldout", "val"]
+
+
+@dataclass
+class HalvingConfig:
+    """Synchronous successive halving of a sweep (`s4v.train.halving`): after each rung every live member is
+    scored on the selection split and the best max(1, floor(n / eta)) train on."""
+
+    eta: int = 3
+    # Epochs after which to decide (fractions allowed), increasing, each inside the run; None: geometric,
+    # the last at 1/eta of the run (`s4v.train.halving.default_fractions`).
+    rungs: list[float] | None = None
+    metric: HalvingMetric | None = None  # None: the task's first tracked metric (top1)
+    select: HalvingSelect = "heldout"  # val: allowed, but its figure is then optimistic (it chose the winner)
+
+
 @dataclass
 class SweepConfig:
     """Side networks trained together on one frozen pass (`s4v.config.sweeps`): a grid of dotted keys -> value
@@ -88,6 +107,7 @@ class SweepConfig:
 
     grid: dict[str, Any] = field(default_factory=dict)
     members: list[Any] = field(default_factory=list)
+    halving: HalvingConfig | None = None  # None: every member trains to the end
 
     def __post_init__(self) -> None:
         # `sweep.grid.optim.lr=[...]` on the command line nests the key; YAML may write it dotted.

@@ -5,20 +5,22 @@ product) and/or a list of override mappings (`sweep.members`); with both, every 
 with every grid point. A run without a sweep is a sweep of its one base member. Members may differ only in
 what concerns their own side network and its optimisation (`SWEEPABLE`): everything else (tower, weights,
 data, frames, batch sizes, epochs, task) is the shared frozen pass and its data order, so a member's key
-outside that set is refused at load.
+outside that set is refused at load. An optional `sweep.halving` section culls members at rungs during
+training (`s4v.train.halving`); its values and what it needs of the run are checked here too.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from s4v.config.checks import check_data, check_preset
-from s4v.config.schema import Config, SweepConfig, flatten
+from s4v.config.schema import Config, HalvingConfig, SweepConfig, flatten
 from s4v.config.typed import build, to_dict
 from s4v.core.errors import UserError
 
@@ -74,7 +76,10 @@ def member_overrides(sweep: SweepConfig) -> list[dict[str, Any]]:
 
 
 def check_sweep(sweep: SweepConfig) -> None:
-    """The sweep's keys are sweepable and its grid values lists (one-line errors at config load)."""
+    """The sweep's keys are sweepable, its grid values lists and its halving section sound on its own (one-line
+    errors at config load); what halving needs of the run is `check_sweepable_run`'s."""
+    if sweep.halving is not None:
+        _check_halving(sweep.halving)
     for key, values in sweep.grid.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"sweep.grid.{key}: expected a non-empty list of values, got {values!r}")
@@ -92,7 +97,13 @@ def check_sweep(sweep: SweepConfig) -> None:
 
 def check_sweepable_run(cfg: Config) -> None:
     """What the shared pass supports: Side4Video recognition members (at load time, before any process)."""
+    halving = cfg.sweep.halving
     if not is_sweep(cfg):
+        if halving is not None:
+            raise UserError(
+                "sweep.halving: halving needs a sweep to choose from (set sweep.grid or sweep.members, "
+                "or leave sweep.halving out)"
+            )
         return
     if cfg.model.kind != "side4video":
         raise UserError(f"sweep: members are side networks; model.kind={cfg.model.kind!r} has none (use side4video)")
@@ -101,12 +112,57 @@ def check_sweepable_run(cfg: Config) -> None:
         # A random-init tower is drawn from train.seed: a member's own seed would give its run alone (and
         # its export) another tower than the sweep's, which is the base seed's.
         raise UserError("sweep: train.seed members need the tower from a weights file (model.checkpoint)")
-    if cfg.model.task != "retrieval":
+    if cfg.model.task == "retrieval":
+        # Named after the section the user set, halving included: that is the key to change.
+        raise UserError(
+            f"{'sweep.halving' if halving else 'sweep'}: retrieval sweeps are not supported yet (each member "
+            "would need its own text tower); sweep a recognition preset, or run one retrieval config per job"
+        )
+    if halving is not None:
+        _check_halving_run(halving, cfg)
+
+
+def _check_halving(halving: HalvingConfig) -> None:
+    """`sweep.halving` on its own: eta and the rungs' shape (their place in the run: `_check_halving_run`)."""
+    if halving.eta < 2:
+        raise UserError(
+            f"sweep.halving.eta: {halving.eta} < 2; each rung keeps the best 1/eta of the live members "
+            "(2 halves them, 3 keeps a third)"
+        )
+    rungs = halving.rungs
+    if rungs is None:
         return
-    raise UserError(
-        "sweep: retrieval sweeps are not supported yet (each member would need its own text tower); "
-        "sweep a recognition preset, or run one retrieval config per job"
-    )
+    if not rungs:
+        raise UserError(
+            "sweep.halving.rungs: an empty list; give the epochs after which to decide, or leave it out "
+            "for the default (geometric, the last at 1/eta of the run)"
+        )
+    for r in rungs:
+        # The field type checks only that it is a list (s4v.config.typed); YAML `true` is no epoch count.
+        if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r) or r <= 0:
+            raise UserError(f"sweep.halving.rungs: {r!r} is not a positive number of epochs (in {rungs})")
+    if any(b <= a for a, b in itertools.pairwise(rungs)):
+        raise UserError(f"sweep.halving.rungs: {rungs} must increase (each rung decides after more training)")
+
+
+def _check_halving_run(halving: HalvingConfig, cfg: Config) -> None:
+    """What halving needs of the run: members to choose from, rungs inside it, a selection split."""
+    count = len(member_overrides(cfg.sweep))
+    if count < 2:
+        raise UserError(f"sweep.halving: the sweep has {count} member; halving needs at least 2 to choose from")
+    epochs = cfg.optim.epochs
+    late = [r for r in halving.rungs or () if r >= epochs]
+    if late:
+        raise UserError(
+            f"sweep.halving.rungs: {late[0]} is not before the end of the run (optim.epochs={epochs}); "
+            "a decision after the last epoch has no training left to save"
+        )
+    if halving.select == "heldout" and not (cfg.data.heldout_fraction > 0 or cfg.data.heldout_list):
+        raise UserError(
+            "sweep.halving.select: heldout (the default) ranks members on videos held out of the training list; "
+            "set data.heldout_fraction (e.g. 0.1) or data.heldout_list, or sweep.halving.select=val "
+            "(its figure is then optimistic)"
+        )
 
 
 def resolve_members(cfg: Config) -> list[MemberSpec]:

@@ -43,15 +43,33 @@ def build(cls: type, tree: dict[str, Any], where: str) -> Any:
         if f.name not in tree:
             continue
         tp, value = hints[f.name], tree[f.name]
-        if dataclasses.is_dataclass(tp):
+        section, optional = _section(tp)
+        if section is not None and value is None and optional:
+            kwargs[f.name] = None  # an optional section left out (`sweep.halving: null`)
+        elif section is not None:
             if not isinstance(value, dict | None):
                 raise UserError(f"{where}{f.name}: expected a mapping of keys, got {value!r}")
-            # A partial section keeps the defaults of the keys it does not name.
-            base = dataclasses.asdict(_default(f)) if _has_default(f) else {}
-            kwargs[f.name] = build(tp, {**base, **(value or {})}, f"{where}{f.name}.")
+            # A partial section keeps the defaults of the keys it does not name; an optional one absent by
+            # default (None) is made from its class's defaults, so `sweep.halving.eta=2` alone creates it.
+            default = _default(f) if _has_default(f) else None
+            base = dataclasses.asdict(default) if default is not None else {}
+            kwargs[f.name] = build(section, {**base, **(value or {})}, f"{where}{f.name}.")
         else:
             kwargs[f.name] = _coerce(value, tp, f"{where}{f.name}")
     return cls(**kwargs)
+
+
+def _section(tp: Any) -> tuple[type | None, bool]:
+    """(the section's dataclass, whether it may be None) of a field `Section` or `Section | None`; (None,
+    False) for a value field."""
+    if dataclasses.is_dataclass(tp):
+        return tp, False
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        if dataclasses.is_dataclass(inner):
+            return inner, True
+    return None, False
 
 
 def _has_default(f: dataclasses.Field) -> bool:

@@ -4,7 +4,8 @@ Formats as distributed: SSv2 json (labels.json + train/validation json), SSv1 cs
 frames as JPEG folders), Kinetics-400 csv (`label,youtube_id,time_start,time_end,split`), and a
 generic list (`path label` or TSN-style `path num_frames label`); the retrieval formats (MSR-VTT,
 MSVD, VATEX) are read by `s4v.data.captions`. A malformed entry raises `AnnotationError` naming the
-file and line. `DataConfig.skip_list` (e.g. the one `s4v data check` writes) leaves videos out of a split.
+file and line. `DataConfig.skip_list` (e.g. the one `s4v data check` writes) leaves videos out of a split;
+`read_carved` deals the training split into the videos trained on and those held out (`s4v.data.heldout`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from s4v.core.errors import UserError
 from s4v.data.captions import CAPTION_FORMATS, CaptionSplit, load_caption_split
 from s4v.data.config import DataConfig
+from s4v.data.heldout import carve_fraction, carves, check_heldout
 from s4v.data.records import AnnotationError, VideoRecord
 
 log = logging.getLogger("s4v.data")
@@ -26,11 +28,13 @@ log = logging.getLogger("s4v.data")
 
 @dataclass(frozen=True)
 class Split:
-    """One split as the loader needs it; the retrieval formats also keep the captions they read."""
+    """One split as the loader needs it; the retrieval formats also keep the captions they read. A training
+    split carved by `read_carved` lists the videos it holds out in `heldout` (None: no carve)."""
 
     records: list[VideoRecord]
     classes: list[str]
     captions: CaptionSplit | None = None
+    heldout: list[VideoRecord] | None = None
 
 
 def _resolve(root: Path, name: str | None) -> Path | None:
@@ -130,20 +134,29 @@ def load_k400(path: Path, root: Path, names: list[str], ext: str) -> list[VideoR
     return records
 
 
-def read_skip_list(path: str, root: Path) -> set[str]:
-    """Normalised paths of a skip list: each entry as written (a VideoRecord path, as `s4v data check`
-    writes them) and, when relative, also under `root` (a path as the annotation files name it)."""
+def _path_entries(path: str, key: str) -> list[str]:
+    """The entries of a file of video paths (blank lines and `#` comments ignored); `key` names it in errors."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as e:
-        raise UserError(f"data.skip_list: cannot read {path!r} ({e.strerror})") from None
-    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    skip = {os.path.normpath(e) for e in entries}
-    return skip | {os.path.normpath(root / e) for e in entries if not os.path.isabs(e)}
+        raise UserError(f"{key}: cannot read {path!r} ({e.strerror})") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def _drop_skipped(loaded: Split, skip: set[str]) -> Split:
-    keep = [i for i, r in enumerate(loaded.records) if os.path.normpath(r.path) not in skip]
+def _spellings(entries: list[str], root: Path) -> set[str]:
+    """Normalised paths of list entries: each as written (a VideoRecord path, as `s4v data check` writes
+    them) and, when relative, also under `root` (a path as the annotation files name it)."""
+    listed = {os.path.normpath(e) for e in entries}
+    return listed | {os.path.normpath(root / e) for e in entries if not os.path.isabs(e)}
+
+
+def read_skip_list(path: str, root: Path) -> set[str]:
+    """Normalised paths of a skip list (see `_spellings`)."""
+    return _spellings(_path_entries(path, "data.skip_list"), root)
+
+
+def _subset(loaded: Split, keep: list[int]) -> Split:
+    """The records at positions `keep`, in file order, with their captions."""
     if loaded.captions is None:
         return replace(loaded, records=[loaded.records[i] for i in keep])
     # Retrieval: each video is its own class, labelled by its position, so the survivors are renumbered.
@@ -153,23 +166,66 @@ def _drop_skipped(loaded: Split, skip: set[str]) -> Split:
     return Split(records, ids, CaptionSplit(records, ids, [c.captions[i] for i in keep]))
 
 
+def _skipped(cfg: DataConfig, split: str, loaded: Split, report: bool = True) -> Split:
+    """`loaded` less the videos of `cfg.skip_list` (their count logged when `report`)."""
+    if cfg.skip_list is None:
+        return loaded
+    skip = read_skip_list(cfg.skip_list, Path(cfg.root))
+    kept = _subset(loaded, [i for i, r in enumerate(loaded.records) if os.path.normpath(r.path) not in skip])
+    if report:
+        log.warning(
+            "%s split: left out %d video(s) of data.skip_list %s, %d remain",
+            split,
+            len(loaded.records) - len(kept.records),
+            cfg.skip_list,
+            len(kept.records),
+        )
+    return kept
+
+
 def read_split(cfg: DataConfig, split: str) -> Split:
     """Read the annotation files of `split` ("train" | "val") once, whatever the format, less the videos
-    of `cfg.skip_list`: they are left out before the loader shards the split, so they never count as bad."""
-    if cfg.skip_list is None:
-        return _read_annotations(cfg, split)
-    skip = read_skip_list(cfg.skip_list, Path(cfg.root))
-    loaded = _read_annotations(cfg, split)
-    kept = _drop_skipped(loaded, skip)
-    dropped = len(loaded.records) - len(kept.records)
-    log.warning(
-        "%s split: left out %d video(s) of data.skip_list %s, %d remain",
-        split,
-        dropped,
-        cfg.skip_list,
-        len(kept.records),
-    )
-    return kept
+    of `cfg.skip_list`: they are left out before the loader shards the split, so they never count as bad.
+    "train" is every annotated training video: the loader reads it through `read_carved`."""
+    return _skipped(cfg, split, _read_annotations(cfg, split))
+
+
+def _listed(records: list[VideoRecord], path: str, root: Path) -> list[int]:
+    """Positions of the records that `data.heldout_list` names (matched as skip list entries are)."""
+    entries = _path_entries(path, "data.heldout_list")
+    listed = _spellings(entries, root)
+    held = [i for i, r in enumerate(records) if os.path.normpath(r.path) in listed]
+    if not held:
+        raise UserError(f"data.heldout_list: none of the {len(entries)} entries of {path!r} is a train split video")
+    known = {os.path.normpath(r.path) for r in records}
+    stray = [e for e in entries if not _spellings([e], root) & known]
+    if stray:
+        log.warning("data.heldout_list %s: %d entries name no train split video, e.g. %s", path, len(stray), stray[0])
+    return held
+
+
+def read_carved(cfg: DataConfig, part: str) -> Split:
+    """The training split as the loader deals it: `part` "train", less the held-out videos (listed in its
+    `heldout`), or "heldout", those videos in file order with their labels. Without a carve, "train" is
+    `read_split(cfg, "train")`. The carve is made on the annotation, before `data.skip_list`, so a newer
+    skip list never moves it; then each side loses its skipped videos."""
+    check_heldout(cfg)  # Python callers bypass the config loader's check
+    if not carves(cfg):
+        if part == "heldout":
+            raise UserError("heldout split: nothing is held out (set data.heldout_fraction or data.heldout_list)")
+        return read_split(cfg, "train")
+    loaded = _read_annotations(cfg, "train")
+    if cfg.heldout_list is not None:
+        held = _listed(loaded.records, cfg.heldout_list, Path(cfg.root))
+    else:
+        held = carve_fraction(loaded.records, cfg.root, cfg.heldout_fraction, stratify=loaded.captions is None)
+    heldout = _skipped(cfg, "heldout", _subset(loaded, held), report=part == "heldout")
+    if part == "heldout":
+        return heldout
+    chosen = set(held)
+    train = _skipped(cfg, "train", _subset(loaded, [i for i in range(len(loaded.records)) if i not in chosen]))
+    log.info("train split: %d video(s) held out, %d trained on", len(heldout.records), len(train.records))
+    return replace(train, heldout=heldout.records)
 
 
 def _read_annotations(cfg: DataConfig, split: str) -> Split:

@@ -64,6 +64,11 @@ class DataConfig:
     # `video_index.jsonl` that `s4v data check` writes next to its report, relative to the working directory (as
     # skip_list): each unchanged video file's frame count, size and keyframes come from it instead of a demux per read.
     video_index: str | None = None
+    # An honest selection split (s4v.data.heldout): the share of each training class kept out of training for
+    # selecting runs on (split "heldout"), the same videos at every seed, world size and resume; 0: none. Or a
+    # file naming them, read and matched as skip_list. Not both.
+    heldout_fraction: float = 0.0
+    heldout_list: str | None = None
 
     def __post_init__(self) -> None:
         # Python callers may pass lists; tuples as the loader makes them, so equal configs compare equal.

@@ -20,12 +20,13 @@ import torch
 
 from s4v.core.errors import UserError
 from s4v.core.preemption import ignore_stop_signals
-from s4v.data.annotations import read_split
+from s4v.data.annotations import read_carved, read_split
 from s4v.data.backend import resolve_backend
 from s4v.data.captions import CaptionSplit
 from s4v.data.config import DataConfig
 from s4v.data.decode import BadVideo, decode_frames
 from s4v.data.prepare import Prepared, finish, prepare
+from s4v.data.records import VideoRecord
 from s4v.data.video_index import load_video_index
 
 log = logging.getLogger("s4v.data")
@@ -106,21 +107,26 @@ def _rng_isolated(batches: Iterator[dict]) -> Iterator[dict]:
 class VideoLoader:
     """Iterable of batches {"video", "label", "index"} for one split on one rank (see module doc).
 
-    `index` is the video's position in the split; `label` its class (for the retrieval formats, where
-    each video is its own class, the two coincide). `captions` holds the split's captions when the
-    format has them, so a retrieval task does not read the annotation files a second time.
+    Splits: "train"; "val"; "heldout", the training videos that `data.heldout_fraction` or
+    `data.heldout_list` keep out of "train" (`s4v.data.heldout`), read as "val" is (file order, test
+    views). `index` is the video's position in the split (for "train", in the carved split); `label` its
+    class (for the retrieval formats, where each video is its own class, the two coincide). `captions`
+    holds the split's captions when the format has them, so a retrieval task does not read the annotation
+    files a second time. `heldout`: on a carved "train", the held-out records (else None).
     """
 
     def __init__(self, cfg: DataConfig, split: str, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be train|val, got {split!r}")
+        if split not in ("train", "val", "heldout"):
+            raise ValueError(f"split must be train|val|heldout, got {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.cfg, self.split, self.train = cfg, split, split == "train"
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        loaded = read_split(cfg, split)
+        # The carve comes first: "train"'s order, batches and resume positions all count the carved split.
+        loaded = read_split(cfg, split) if split == "val" else read_carved(cfg, split)
         self.records, self.classes = loaded.records, loaded.classes
         self.captions: CaptionSplit | None = loaded.captions
+        self.heldout: list[VideoRecord] | None = loaded.heldout
         self.backend = resolve_backend(cfg, self.records)
         if cfg.video_index:  # a bad path fails here, and forked workers inherit the table
             load_video_index(cfg.video_index)
@@ -138,7 +144,7 @@ class VideoLoader:
 
     def order(self) -> np.ndarray:
         """The epoch's global order: train, one permutation per (seed, epoch), the same at every world
-        size; val, file order."""
+        size; val and heldout, file order."""
         n = len(self.records)
         return np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.train else np.arange(n)
 
@@ -156,7 +162,7 @@ class VideoLoader:
         or another micro-batch goes on with the first unused video. (Round-robin inside a micro-batch
         is what the former per-rank shards `order[rank::world][: n // world]` held, batch for batch,
         so runs from before keep their data.) val: round-robin in file order, nothing dropped, so the
-        ranks together cover the split exactly once.
+        ranks together cover the split exactly once (heldout: as val).
         """
         order, bs, world = self.order(), self.cfg.batch_size, self.world_size
         if not self.train:
@@ -301,6 +307,8 @@ def build_loader(
 ) -> VideoLoader:
     """The data contract's entry point; see `VideoLoader`."""
     loader = VideoLoader(cfg, split, rank, world_size, seed)
+    if split == "heldout" and not loader.records:  # all skipped: a selection metric over nothing
+        raise UserError(f"heldout split of {cfg.root}: every held-out video is in data.skip_list {cfg.skip_list}")
     if loader.train and len(loader) == 0:
         raise UserError(
             f"{split} split of {cfg.root}: {len(loader.records)} videos over {world_size} rank(s) "

@@ -11,7 +11,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from s4v.config import Config, SweepConfig, check_preset
+from s4v.config import Config, SweepConfig, check_preset, is_sweep
 from s4v.core.errors import UserError
 from s4v.models import create_model, create_retrieval_model
 from s4v.models.classifier import SweepClassifier
@@ -38,11 +38,11 @@ def build_model(
 
     The frozen tower is made directly in `frozen_dtype` (the compute dtype; None: fp32) and, with
     `model.shard_frozen` in a multi-rank job, sharded over the ranks. The trainable modules are seeded
-    by `train.seed` again once the tower exists. With two or more `members` (a sweep's configs), the
-    tower is `cfg`'s and each member's side network and head are made as that member's run alone would
-    make them: a `SweepClassifier`.
+    by `train.seed` again once the tower exists. With two or more `members`, or any for a sweep's `cfg`
+    (its survivors may be one), the tower is `cfg`'s and each member's side network and head are made as
+    that member's run alone would make them: a `SweepClassifier`.
     """
-    if len(members) > 1:
+    if len(members) > 1 or (members and is_sweep(cfg)):
         return _sweep_model(cfg, num_classes, device, frozen_dtype, members)
     check_preset(cfg)  # load_config checks it too; a Config built in code has not been through it
     name = cfg.model.preset
@@ -69,12 +69,20 @@ def _sweep_model(
 ) -> SweepClassifier:
     """The tower of `cfg` (its seed, weights and dtype), then each member's side network and head."""
     first = build_model(replace(cfg, sweep=SweepConfig()), num_classes, device, frozen_dtype)  # its side unused
+    return sweep_members(first.backbone, num_classes, device, members)
+
+
+def sweep_members(
+    backbone: nn.Module, num_classes: int, device: torch.device, members: Sequence[Config]
+) -> SweepClassifier:
+    """Each member's side network and head on `backbone`, seeded by the member's `train.seed` (this reseeds
+    the global RNG)."""
     models = []
     for member in members:
         torch.manual_seed(member.train.seed)
         m = member.model
         models.append(
-            side_classifier(first.backbone, m.preset, num_classes, SideSpec.from_model_config(m), device, m.dropout)
+            side_classifier(backbone, m.preset, num_classes, SideSpec.from_model_config(m), device, m.dropout)
         )
     return SweepClassifier.of(models)
 

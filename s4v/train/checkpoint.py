@@ -176,9 +176,13 @@ def check_resumable(directory: Path, cfg: Config, meta: dict[str, Any]) -> dict[
     saved_batch = saved_cfg["optim"]["batch_size"]
     if saved_batch != cfg.optim.batch_size:  # the data position and the LR schedule count its steps
         differ.append(f"optim.batch_size={saved_batch} there, {cfg.optim.batch_size} here")
-    saved_sweep = saved_cfg.get("sweep", {"grid": {}, "members": []})  # written before sweeps existed
+    # Keys a checkpoint written before them lacks: the sweep section, then its halving.
+    saved_sweep = {"grid": {}, "members": [], "halving": None, **saved_cfg.get("sweep", {})}
     if saved_sweep != to_dict(cfg)["sweep"]:  # the members' names, modules and optimizer groups
         differ.append(f"sweep={saved_sweep} there, {to_dict(cfg)['sweep']} here")
+    carve = [(m.get("heldout") or {}).get(k) for m in (previous, meta) for k in ("videos", "sha256")]
+    if carve[:2] != carve[2:]:  # positions count the carved order: another carve resumes at other videos
+        differ.append(f"held-out carve {carve[:2]} there, {carve[2:]} here (data.heldout_fraction / heldout_list)")
     if previous["num_classes"] != meta["num_classes"]:
         differ.append(f"{previous['num_classes']} classes there, {meta['num_classes']} here")
     if differ:

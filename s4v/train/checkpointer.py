@@ -18,10 +18,22 @@ from s4v.config import Config
 from s4v.core.preemption import CheckpointClock
 from s4v.train import checkpoint as ckpt
 from s4v.train.checkpoint import DataPosition
+from s4v.train.halving import HalvingPlan
 from s4v.train.members import MemberSet
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
+
+
+def find_checkpoint(cfg: Config, resume: str | None) -> Path | None:
+    """The checkpoint `resume` names ("auto": train.out_dir's latest); None when there is none to load."""
+    if not resume:
+        return None
+    root = Path(cfg.train.out_dir) / "checkpoints"
+    path = ckpt.latest_checkpoint(root) if resume == "auto" else Path(resume)
+    if path is None:
+        print(f"[s4v] no checkpoint under {root}; starting from scratch", flush=True)
+    return path
 
 
 class Checkpointer:
@@ -48,26 +60,39 @@ class Checkpointer:
         return self.wall_before + time.perf_counter() - self.t_start
 
     def resume(
-        self, resume: str | None, engine: DeepSpeedEngine, view: nn.Module, position: DataPosition, members: MemberSet
+        self,
+        path: Path | None,
+        engine: DeepSpeedEngine,
+        view: nn.Module,
+        position: DataPosition,
+        members: MemberSet,
+        halving: HalvingPlan | None,
     ) -> Path | None:
-        """Collective: load the checkpoint `resume` names ("auto": the latest) into the engine, the data
-        position and the members; None when there is none to load."""
-        if not resume:
-            return None
-        path = self.latest() if resume == "auto" else Path(resume)
+        """Collective: load checkpoint `path` (`find_checkpoint`) into the engine, the data position, the members and
+        the halving decisions; None when there is none to load."""
         if path is None:
-            print(f"[s4v] no checkpoint under {self.root}; starting from scratch", flush=True)
             return None
         previous = ckpt.check_resumable(path, self.cfg, self.meta)
         ckpt.load_checkpoint(engine, view, path, position, self.meta)
         self.meta["mlflow_run_id"] = previous.get("mlflow_run_id")
         members.load_state_dict(previous.get("members"))
+        if halving is not None:
+            halving.load_state_dict(previous.get("halving"))
         self.wall_before = previous.get("wall_s", 0.0)  # absent in checkpoints written before it was kept
         return path
 
-    def save(self, engine: DeepSpeedEngine, view: nn.Module, position: DataPosition, members: MemberSet) -> Path:
+    def save(
+        self,
+        engine: DeepSpeedEngine,
+        view: nn.Module,
+        position: DataPosition,
+        members: MemberSet,
+        halving: HalvingPlan | None,
+    ) -> Path:
         """Collective: a checkpoint of the current position."""
         self.meta["members"] = members.state_dict()
+        if halving is not None:
+            self.meta["halving"] = halving.state_dict()
         self.meta["wall_s"] = self.wall()
         path = ckpt.save_checkpoint(
             engine, view, self.root, position, self.cfg, self.meta, self.cfg.train.keep_checkpoints

@@ -91,15 +91,26 @@ def eval_main(argv: list[str]) -> int:
         default=None,
         help="compute dtype (default fp32 on CPU, fp16 on GPU)",
     )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a sweep's out_dir only: also score the mean softmax of its N best members by selection metric "
+        "(halving rungs, else best validation metric), beside the best member",
+    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides, e.g. data.root=...")
     args = p.parse_args(argv)
     from s4v.config import check_paths, is_sweep_root, load_config
     from s4v.data.config import parse_views
+    from s4v.train.ensemble import select_ensemble
 
     directory = Path(args.checkpoint)
     if not directory.is_dir():
         raise UserError(f"--checkpoint {str(directory)!r}: no such directory")
+    if args.ensemble is not None:
+        select_ensemble(directory, args.ensemble)  # the same selection the job takes, checked before torch loads
     if not is_sweep_root(directory):
         if not (directory / "config.yaml").is_file():
             raise UserError(
@@ -114,7 +125,7 @@ def eval_main(argv: list[str]) -> int:
     from s4v.train.eval_job import evaluate
 
     try:
-        evaluate(directory, args.views, args.overrides, args.out, args.dtype)
+        evaluate(directory, args.views, args.overrides, args.out, args.dtype, args.ensemble)
     finally:
         shutdown_distributed()
     return 0

@@ -122,9 +122,46 @@ def save(engine: DeepSpeedEngine, view: nn.Module, directory: Path) -> None:
 def load(engine: DeepSpeedEngine, view: nn.Module, directory: Path) -> None:
     """Every rank: restore trainable weights, masters, moments, step counts, lr and schedule from
     `elastic.pt`, whatever world size and ZeRO stage wrote it and whatever this run uses."""
+    load_state(engine, view, torch.load(directory / ELASTIC_FILE, map_location="cpu", weights_only=False))
+
+
+def members_only(state: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+    """`state` (a sweep's, from `consolidated` with the module) cut down to the members at model indices
+    `keep`, renumbered 0.. in that order: what a model of those members alone loads. A sweep's parameters
+    are named `members.<k>.*` and its optimizer has one parameter group per member, in member order."""
+    new = {old: k for k, old in enumerate(keep)}
+
+    def renamed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, value in tensors.items():
+            _, k, rest = name.split(".", 2)
+            if int(k) in new:
+                out[f"members.{new[int(k)]}.{rest}"] = value
+        return out
+
+    def per_group(values: Any) -> Any:
+        return [values[k] for k in keep]
+
+    scheduler = {
+        key: per_group(v) if isinstance(v, list) and len(v) == len(state["steps"]) else v
+        for key, v in state["scheduler"].items()
+    }
+    moments = None if state["moments"] is None else {key: renamed(v) for key, v in state["moments"].items()}
+    return {
+        **state,
+        "master": renamed(state["master"]),
+        "moments": moments,
+        "module": renamed(state["module"]),
+        "steps": per_group(state["steps"]),
+        "lrs": per_group(state["lrs"]),
+        "scheduler": scheduler,
+    }
+
+
+def load_state(engine: DeepSpeedEngine, view: nn.Module, state: dict[str, Any]) -> None:
+    """Every rank: `load` from a state already in memory."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
-    state = torch.load(directory / ELASTIC_FILE, map_location="cpu", weights_only=False)
     view.load_state_dict(state["module"])  # parameters in the compute dtype, BatchNorm statistics
     opt, partitioned = base_optimizer(engine), _partitioned(engine)
     if state["moments"] is not None:

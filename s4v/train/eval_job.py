@@ -1,20 +1,29 @@
 """`launch/eval.py`: evaluate the exported members under a path with multi-view averaging, write reports and
 add each member's result to its own MLflow run. A run's `final/` (or a `checkpoints/step_*`) is one member;
-a sweep's out_dir is every member it exported, scored on one frozen pass."""
+a sweep's out_dir is every member it exported, scored on one frozen pass, and with `ensemble` also the mean
+softmax of the best of them by selection metric (`s4v.train.ensemble`), from that same pass."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from s4v.config import Config, load_config
 from s4v.core.errors import UserError
 from s4v.data import build_loader
 from s4v.data.config import parse_views
+from s4v.data.loader import VideoLoader
+from s4v.train import ensemble as ens
+from s4v.train import evaluate as recognition
+from s4v.train.checkpoint import atomic_write
 from s4v.train.distributed import init_distributed
 from s4v.train.layout import exported_members
 from s4v.train.sweep_report import write_sweep_report
-from s4v.train.tasks import Metrics, make_task
+from s4v.train.tasks import Metrics, Task, make_task
 from s4v.train.tracking import Tracker
 from s4v.train.trained import DTYPES, default_dtype, load_members, member_run_id
 
@@ -25,10 +34,14 @@ def evaluate(
     overrides: list[str] | tuple[str, ...] = (),
     out: str | None = None,
     dtype: str | None = None,
+    ensemble: int | None = None,
 ) -> list[Metrics]:
     """Collective: evaluate every exported member under `path` on the validation split with `views`
-    (CROPSxCLIPS) in the compute dtype; reports go to `out` (default `<path>/eval_<views>`)."""
+    (CROPSxCLIPS) in the compute dtype; reports go to `out` (default `<path>/eval_<views>`). `ensemble`: a
+    sweep's out_dir only, also score the mean softmax of its `ensemble` best members by selection metric
+    (`ensemble.json` and a section of the report's sweep.md)."""
     root = Path(path)
+    selection = ens.select_ensemble(root, ensemble) if ensemble is not None else None
     exports, sweep_rows = exported_members(root)
     crops, clips = parse_views(views)
     run_overrides = [*overrides, f"data.test_crops={crops}", f"data.test_clips={clips}"]
@@ -45,7 +58,10 @@ def evaluate(
             f"names differ: evaluate on the dataset {root} was trained on"
         )
     task = make_task(cfg, compute, dist.device)
-    results = task.evaluate(model, loader)
+    if selection is None:
+        results = task.evaluate(model, loader)
+    else:
+        results, combined = _with_ensemble(model, loader, dist.device, compute, [e.name for e in exports], selection)
     if not dist.is_main:
         return results
     report_dir = Path(out) if out else root / f"eval_{crops}x{clips}"
@@ -63,8 +79,52 @@ def evaluate(
         score = {r["name"]: scored.get(r["name"]) for r in sweep_rows}
         rows = [r | {"last": score[r["name"]], "best": score[r["name"]], "best_epoch": None} for r in sweep_rows]
         files = write_sweep_report(report_dir, rows, metric)
+        if selection is not None:
+            by_name = {e.name: m for e, m in zip(exports, results, strict=True)}
+            _report_ensemble(task, report_dir, selection, combined, by_name)
         print(f"[s4v] report: {files[1]}", flush=True)
     return results
+
+
+def member_probabilities(
+    model: torch.nn.Module, loader: VideoLoader, device: torch.device, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Collective: (labels, probabilities (K, videos, classes)) of the model's K members on `loader`, gathered
+    over the ranks in dataset order, from one forward pass (views averaged as `recognition.predict` does)."""
+    idx, labels, probs = recognition.predict(lambda v: model(v.to(device)), loader, dtype)
+    labels, probs = recognition.gather_predictions(idx, labels, probs)
+    return labels, probs if probs.ndim == 3 else probs[None]  # one member's model gives (videos, classes)
+
+
+def _with_ensemble(
+    model: torch.nn.Module,
+    loader: VideoLoader,
+    device: torch.device,
+    dtype: torch.dtype,
+    names: list[str],
+    selection: ens.Selection,
+) -> tuple[list[Metrics], Metrics]:
+    """Collective: each member's metrics (as `RecognitionTask.evaluate` gives them) and those of the selected
+    members' mean softmax, from the same pass: the ensemble needs the members' probabilities, which the task's
+    evaluation reduces to metrics. Sweeps are recognition only."""
+    labels, probs = member_probabilities(model, loader, device, dtype)
+    classes, views = list(loader.classes), f"{loader.cfg.test_crops}x{loader.cfg.test_clips}"
+    results = [recognition.classification_metrics(labels, p, classes) | {"views": views} for p in probs]
+    mean = probs[[names.index(p.name) for p in selection.picks]].mean(axis=0)
+    extra = {"views": views, "members": [p.name for p in selection.picks]}
+    return results, recognition.classification_metrics(labels, mean, classes) | extra
+
+
+def _report_ensemble(
+    task: Task, report_dir: Path, selection: ens.Selection, combined: Metrics, by_name: dict[str, Metrics]
+) -> None:
+    """Rank 0: the ensemble's own eval.json (as a member's), ensemble.json, its sweep.md section, the line."""
+    task.write_report(combined, report_dir / ens.SUBDIR, "eval")
+    doc = ens.report(selection, combined["views"], combined, by_name)
+    atomic_write(report_dir / "ensemble.json", json.dumps(doc, indent=2).encode())
+    md = report_dir / "sweep.md"
+    atomic_write(md, (md.read_text() + "\n" + ens.section(selection, combined, by_name)).encode())
+    print(f"[s4v] {ens.summary(selection, combined, by_name[selection.picks[0].name])}", flush=True)
 
 
 def _track(cfg: Config, meta: dict[str, Any], metrics: dict[str, float], views: str, report_dir: Path) -> None:

@@ -2,16 +2,20 @@
 
 Every run is a set of K members (`s4v.config` resolves a `sweep` section; K = 1 without one). A `Member`
 is everything the run knows of one of them: its name, overrides and config, its trainable modules, its
-saved `MemberState` (bad steps, skipped steps, failure, evaluation history, MLflow run id), its tracker,
-export and evaluation directories and how messages name it. `MemberSet` is what the trainer talks to; it
-saves and restores the states by member name (`state_dict` / `load_state_dict`). Where a member's files
-go and how it is tracked is the `RunLayout`'s to say.
+saved `MemberState` (bad steps, skipped steps, failure, evaluation history, MLflow run id, when it left the
+pass), its tracker, export and evaluation directories and how messages name it. `MemberSet` is what the
+trainer talks to; it saves and restores the states by member name (`state_dict` / `load_state_dict`). Where
+a member's files go and how it is tracked is the `RunLayout`'s to say.
+
+A member culled by successive halving, or one that failed, leaves the pass: the model is rebuilt without it
+(`s4v.train.rebuild`). `MemberSet` indexes the members still in the pass, in the model's order (the order of
+its losses, parameter groups and evaluation results); `everyone` lists all of them in sweep order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +43,8 @@ class MemberState:
     failure: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    # When it left the pass: {"why": "culled" | "failed", "step", "params"} (+ a cull's "rung", "metric", "score").
+    left: dict[str, Any] | None = None
 
     def fail(self, why: str) -> None:
         self.failure = why
@@ -63,9 +69,10 @@ class MemberState:
 class Member:
     """One member: `module` holds its trainable state (a plain run's: the whole trainable view)."""
 
-    def __init__(self, spec: MemberSpec, module: nn.Module, layout: RunLayout) -> None:
+    def __init__(self, spec: MemberSpec, module: nn.Module | None, layout: RunLayout) -> None:
+        self.spec = spec
         self.name, self.overrides, self.cfg = spec.name, spec.overrides, spec.cfg
-        self.module = module
+        self.module = module  # None once it has left the pass
         self.state = MemberState()
         self.final_dir, self.eval_dir = layout.final_dir(self.name), layout.eval_dir(self.name)
         self.label = layout.label(self.name)
@@ -87,6 +94,15 @@ class Member:
         if self.tracker is not None and self.tracker.nested:
             self.tracker.finish("FAILED")
 
+    def leave(self, left: dict[str, Any]) -> None:
+        """This member leaves the pass (`left`: see MemberState); its module goes with the old model."""
+        self.state.left = {**left, "params": _params(self.module)}
+        self.module = None
+
+    def move_to(self, module: nn.Module) -> None:
+        """This member's trainable state now lives in `module` (the rebuilt model's, loaded with its values)."""
+        self.module = module
+
     def zero_loss(self) -> torch.Tensor:
         """A loss of 0 that still reaches every parameter, so DeepSpeed sees finite (zero) gradients for a
         member whose own loss is not finite or that has failed."""
@@ -98,17 +114,47 @@ class Member:
 
     def export(self, run_meta: dict[str, Any], step: int) -> Path:
         """Rank 0: this member as a normal `final/` of its own config, with its own MLflow run id."""
-        meta = {**run_meta, "mlflow_run_id": self.state.mlflow_run_id, **self.export_extra, "step": step}
+        # The run's checkpoint bookkeeping stays out: the member's own run id and state are what it carries.
+        own = {k: v for k, v in run_meta.items() if k not in ("members", "halving", "mlflow_run_id", "wall_s")}
+        meta = {**own, "mlflow_run_id": self.state.mlflow_run_id, **self.export_extra, "step": step}
         return ckpt.export_trainable(self.module, self.final_dir, self.cfg, meta)
+
+    def export_culled(self, run_meta: dict[str, Any], step: int, left: dict[str, Any], key: str) -> None:
+        """Rank 0: a member culled at a halving rung, exported as it stood, marked culled with its selection
+        score (`key`); its own MLflow run ends with that mark."""
+        final = self.export({**run_meta, "culled": left}, step)
+        if self.tracker is not None:
+            self.tracker.log_metrics({key: left["score"]}, step)
+            self.tracker.log_artifacts(final, "final")
+            if self.tracker.nested:
+                self.tracker.log_params({"culled_at_rung": left["rung"] + 1, "culled_at_step": step})
+                self.tracker.finish()
 
 
 class MemberSet:
-    """The run's members, in sweep order; told what happened, it keeps each member's state."""
+    """The run's members; told what happened, it keeps each member's state. Indexing, `len` and iteration
+    cover the members in the pass, in the model's order."""
 
-    def __init__(self, layout: RunLayout, specs: Sequence[MemberSpec], modules: Sequence[nn.Module]) -> None:
+    def __init__(
+        self, layout: RunLayout, specs: Sequence[MemberSpec], modules: Sequence[nn.Module], gone: Set[str] = frozenset()
+    ) -> None:
+        """`specs`: every member, in sweep order; `modules`: those of the members in the pass, in that order
+        (`gone`: the members a resumed run's checkpoint says had left, `left_names`)."""
         self.layout = layout
-        self.members = [Member(s, m, layout) for s, m in zip(specs, modules, strict=True)]
+        self.everyone = [Member(s, None, layout) for s in specs]
+        self.members = [m for m in self.everyone if m.name not in gone]
+        self._place(modules)
         self.grad_bad = torch.zeros(len(self.members), dtype=torch.bool)  # see guard_gradients
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    @staticmethod
+    def left_names(state: dict[str, Any] | None) -> set[str]:
+        """The members that had left the pass by a checkpoint's member states (`state_dict`)."""
+        return {name for name, st in _states(state).items() if st.get("left")}
+
+    def _place(self, modules: Sequence[nn.Module]) -> None:
+        for m, module in zip(self.members, modules, strict=True):
+            m.move_to(module)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -118,6 +164,22 @@ class MemberSet:
 
     def __getitem__(self, k: int) -> Member:
         return self.members[k]
+
+    def sweep_index(self, k: int) -> int:
+        """The sweep-order index of the member at model index `k` (decisions are kept in sweep order)."""
+        return self.everyone.index(self.members[k])
+
+    def leave(self, going: dict[int, dict[str, Any]], modules: Sequence[nn.Module]) -> None:
+        """The members at model indices `going` leave the pass (each with its `left` record); the others now
+        live in `modules`, the rebuilt model's, in order."""
+        for k, left in going.items():
+            self.members[k].leave(left)
+        self.members = [m for k, m in enumerate(self.members) if k not in going]
+        self._place(modules)
+        for handle in self._hooks:  # the old modules' hooks go with them
+            handle.remove()
+        self._hooks = []
+        self.guard_gradients()
 
     @property
     def failed(self) -> set[int]:
@@ -138,7 +200,7 @@ class MemberSet:
         self.grad_bad = torch.zeros(len(self), dtype=torch.bool, device=device)
         for k, member in enumerate(self.members):
             for p in member.module.parameters():
-                p.register_hook(partial(self._checked_grad, k))
+                self._hooks.append(p.register_hook(partial(self._checked_grad, k)))
 
     def _checked_grad(self, k: int, grad: torch.Tensor) -> torch.Tensor:
         self.grad_bad[k] |= ~torch.isfinite(grad).all()  # no host sync: read once per step
@@ -158,17 +220,16 @@ class MemberSet:
     # -- checkpoints ---------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "states": {m.name: m.state.state_dict() for m in self.members}}
+        return {"version": STATE_VERSION, "states": {m.name: m.state.state_dict() for m in self.everyone}}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore every member's state by name; reads the first format too (parallel lists and name maps,
         without skipped-step counts, written before members were objects)."""
         if not state:
             return
-        if state.get("version") != STATE_VERSION:
-            state = _from_v1(state)
-        for m in self.members:
-            m.state.load_state_dict(state["states"][m.name])
+        states = _states(state)
+        for m in self.everyone:
+            m.state.load_state_dict(states[m.name])
 
     # -- tracking ------------------------------------------------------------------------------------------
 
@@ -204,7 +265,7 @@ class MemberSet:
         """A sweep's per-member loss and lr for metrics.jsonl (a plain run's are the run's own)."""
         if not self.layout.writes_report:
             return {}
-        curves = {}
+        curves: dict[str, float] = {"members_in_pass": len(self.members)}
         for m, loss, lr in zip(self.members, losses, lrs, strict=True):
             curves[f"loss/{m.name}"], curves[f"lr/{m.name}"] = loss, lr
         return curves
@@ -218,13 +279,11 @@ class MemberSet:
     def export(self, task: Task, results: Sequence[Metrics] | None, run_meta: dict[str, Any], step: int) -> dict:
         """Rank 0: each member that has not failed as a `final/` with its last evaluation; returns the
         headline of `result.json`."""
-        # The run's checkpoint bookkeeping stays out: the member's own run id and state are what it carries.
-        meta = {k: v for k, v in run_meta.items() if k not in ("members", "mlflow_run_id", "wall_s")}
         headline = {}
         for k, m in enumerate(self.members):
             if m.failed:
                 continue
-            final = m.export(meta, step)
+            final = m.export(run_meta, step)
             metrics = results[k] if results else None
             if metrics is not None:
                 task.write_report(metrics, final, "eval")
@@ -235,29 +294,42 @@ class MemberSet:
                     m.tracker.finish()
         return self.layout.headline(headline)
 
-    def report(self, metric: str, steps: int) -> list[Path]:
+    def report(self, metric: str, steps: int, halving: dict[str, Any] | None = None) -> list[Path]:
         """Rank 0: a sweep's sweep.json / sweep.md / sweep.png from the members' evaluation history."""
         if not self.layout.writes_report:
             return []
         out, rows = self.layout.out, []
-        for m in self.members:
-            history = [h for h in m.state.history if h.get(metric) is not None]
+        for m in self.everyone:
+            # validation entries only: a halving rung's scores are on the selection split (`halving`)
+            history = [h for h in m.state.history if h.get(metric) is not None and "rung" not in h]
             best = max(history, key=lambda h: h[metric], default=None)
             rows.append(
                 {
                     "name": m.name,
                     "overrides": m.overrides,
-                    "trainable_params": sum(p.numel() for p in m.module.parameters()),
+                    "trainable_params": m.state.left["params"] if m.state.left else _params(m.module),
                     "last": history[-1][metric] if history else None,
                     "best": best[metric] if best else None,
                     "best_epoch": best["epoch"] if best else None,
                     "failed": m.failed,
                     "failure": m.state.failure,
+                    "left": m.state.left,
                     "steps": steps,
                     "export": str(m.final_dir.relative_to(out)) if m.final_dir.is_dir() else None,
                 }
             )
-        return [p for p in write_sweep_report(out, rows, metric) if p is not None]
+        return [p for p in write_sweep_report(out, rows, metric, halving=halving) if p is not None]
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _states(state: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Member states by name from a checkpoint's meta, either format."""
+    if not state:
+        return {}
+    return (state if state.get("version") == STATE_VERSION else _from_v1(state))["states"]
 
 
 def _from_v1(state: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from s4v.config import Config, flatten, to_dict
 from s4v.core.errors import UserError
+from s4v.data.heldout import heldout_summary
 from s4v.data.loader import VideoLoader
 from s4v.train.build import build_model
 from s4v.train.distributed import DistInfo
@@ -63,6 +64,7 @@ def run_meta(loader: VideoLoader, fingerprint: list[float], dtype: torch.dtype, 
         "frozen_dtype": str(dtype).removeprefix("torch."),  # the tower was built and fingerprinted in it
         "world_size": world_size,
         "ds_config": ds,
+        "heldout": heldout_summary(loader),  # the videos carved out of training for selection, or None
     }
 
 

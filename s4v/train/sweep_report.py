@@ -20,13 +20,18 @@ MISSING = "–"  # a table cell with no value
 
 
 def write_sweep_report(
-    out_dir: Path, rows: list[dict[str, Any]], metric: str, higher_is_better: bool = True
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    metric: str,
+    higher_is_better: bool = True,
+    halving: dict[str, Any] | None = None,
 ) -> tuple[Path, Path, Path | None]:
     """Write <out_dir>/sweep.json, sweep.md and sweep.png; returns the three paths (png None when nothing to plot).
 
     `rows`: one dict per member, in member order, with name, overrides (dotted key -> value),
     trainable_params, last, best, best_epoch, failed, failure, steps and export (relative to out_dir).
-    Metric values are fractions; the best member is the non-failed one with the best `best`."""
+    Metric values are fractions; the best member is the non-failed one with the best `best`. `halving`: a
+    halving sweep's plan and decisions (`HalvingPlan.summary`), shown rung by rung."""
     out_dir.mkdir(parents=True, exist_ok=True)
     members = [_finite(row) for row in rows]
     best = best_member(members, higher_is_better)
@@ -35,6 +40,7 @@ def write_sweep_report(
         "higher_is_better": higher_is_better,
         "best_member": best["name"] if best else None,
         "members": members,
+        "halving": halving,
     }
     js, md, png = out_dir / "sweep.json", out_dir / "sweep.md", out_dir / "sweep.png"
     # allow_nan=False: a non-finite float that slipped past _finite fails here, not in a reader.
@@ -42,7 +48,8 @@ def write_sweep_report(
     plotted = bool(members)
     if plotted:
         atomic_write(png, plot_sweep(members, metric, higher_is_better, best))
-    atomic_write(md, markdown(members, metric, higher_is_better, best, png.name if plotted else None).encode())
+    text = markdown(members, metric, higher_is_better, best, png.name if plotted else None)
+    atomic_write(md, (text + halving_section(members, halving)).encode())
     return js, md, png if plotted else None
 
 
@@ -88,6 +95,9 @@ def _cell(text: str) -> str:
 
 
 def _status(member: dict[str, Any]) -> str:
+    left = member.get("left") or {}
+    if left.get("why") == "culled":
+        return f"culled at rung {left['rung'] + 1} (step {left['step']})"
     return f"failed: {member['failure'] or 'unknown reason'}" if member["failed"] else "ok"
 
 
@@ -228,3 +238,36 @@ def _plot_bars(ax: Any, members: list[dict[str, Any]], best: dict[str, Any] | No
     ax.set_yticks(range(len(members)), [m["name"] for m in members])
     ax.invert_yaxis()
     ax.set_xlim(0, top * 1.2)  # room for the value labels right of the bars
+
+
+def halving_section(members: list[dict[str, Any]], halving: dict[str, Any] | None) -> str:
+    """sweep.md's halving part: each rung's scores on the selection split, who went on, and the member the last
+    rung selected with its validation figure beside its selection score."""
+    if not halving or not halving["decisions"]:
+        return ""
+    decisions, metric, split = halving["decisions"], halving["metric"], halving["select"]
+    header = ["member", *(f"rung {d['rung'] + 1} (step {d['step']})" for d in decisions), "status", "val (last)"]
+    lines = [
+        f"## Successive halving (eta {halving['eta']}) on {split} {metric}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for k, m in enumerate(members):
+        cells = []
+        for d in decisions:
+            score = dict(zip(d["live"], d["scores"], strict=True)).get(k, MISSING) if k in d["live"] else MISSING
+            mark = "" if k not in d["live"] else (" →" if k in d["kept"] else " ✗")
+            cells.append(_percent(score) + mark if score != MISSING else MISSING)
+        lines.append("| " + " | ".join(_cell(c) for c in [m["name"], *cells, _status(m), _percent(m["last"])]) + " |")
+    last = decisions[-1]
+    chosen = max(last["kept"], key=lambda k: _finite(dict(zip(last["live"], last["scores"], strict=True))[k]) or 0)
+    score = dict(zip(last["live"], last["scores"], strict=True))[chosen]
+    lines += [
+        "",
+        f"Selected at the last rung: **{members[chosen]['name']}**, {split} {metric} {_percent(score)}; "
+        f"its validation {metric}: {_percent(members[chosen]['last'])}. → went on, ✗ culled.",
+    ]
+    if halving.get("note"):
+        lines += ["", f"Note: {halving['note']}."]
+    return "\n".join(lines) + "\n"

@@ -23,9 +23,12 @@ from s4v.core.preemption import EXIT_STOPPED, StopRequest
 from s4v.core.progress import Progress, progress
 from s4v.data import build_loader
 from s4v.memory.perf import peak_flops
+from s4v.train import checkpoint as ckpt
+from s4v.train import culling, rebuild
 from s4v.train.build import backbone_fingerprint, build_model
 from s4v.train.checkpoint import DataPosition
-from s4v.train.checkpointer import Checkpointer
+from s4v.train.checkpointer import Checkpointer, find_checkpoint
+from s4v.train.culling import halving_plan, select_loader
 from s4v.train.distributed import all_reduce_sum, barrier, init_distributed
 from s4v.train.engine import build_engine, load_ds_config, plan_batch, resolve_ds_config
 from s4v.train.guard import NonFiniteGuard
@@ -67,17 +70,21 @@ class Trainer:
         self.dtype = compute_dtype(self.ds)
 
         specs = members or resolve_members(cfg)
-        self.task = make_task(cfg, self.dtype, dist.device, self.train_loader, specs)
-        self.member_cfgs = [m.cfg for m in specs]
-        self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype, self.member_cfgs)
+        path = find_checkpoint(cfg, resume)
+        gone = MemberSet.left_names(ckpt.read_meta(path).get("members")) if path else set()
+        in_pass = [s for s in specs if s.name not in gone]  # a resumed sweep's members that have not left
+        self.task = make_task(cfg, self.dtype, dist.device, self.train_loader, in_pass)
+        member_cfgs = [m.cfg for m in in_pass]
+        self.model = build_model(cfg, self.train_loader.num_classes, dist.device, self.dtype, member_cfgs)
         fingerprint = backbone_fingerprint(self.model)
         self.engine, self.view, self.optimizer = build_engine(
-            self.model, cfg, self.ds, dist, self.steps_per_epoch, self.member_cfgs
+            self.model, cfg, self.ds, dist, self.steps_per_epoch, member_cfgs
         )
-        self.members = MemberSet(RunLayout.of(cfg), specs, getattr(self.model, "members", [self.view]))
+        self.members = MemberSet(RunLayout.of(cfg), specs, getattr(self.model, "members", [self.view]), gone)
         self.members.guard_gradients()
-        flops = micro_batch_flops(cfg, self.train_loader.num_classes, self.member_cfgs)
-        self.flops_per_step = self.plan.accumulation * flops
+        self.flops_per_step = self.plan.accumulation * micro_batch_flops(cfg, self.num_classes, member_cfgs)
+        self.halving = halving_plan(cfg, len(specs), self.steps_per_epoch, self.max_steps, self.engine, self.view)
+        self.select_loader = select_loader(cfg, self.halving, dist, self.train_loader)
         self.peak = peak_flops(dist.device, self.dtype)
         self.timer = StepTimer(dist.device)
         seed_rank(cfg.train.seed, dist.rank)  # after every build: the training RNG streams start here
@@ -85,7 +92,7 @@ class Trainer:
         self.checkpoints = Checkpointer(cfg, meta, t_start)
         self.position = DataPosition()
         self.guard = NonFiniteGuard(cfg.train.max_bad_steps, self.checkpoints.latest)
-        resumed_from = self.checkpoints.resume(resume, self.engine, self.view, self.position, self.members)
+        resumed_from = self.checkpoints.resume(path, self.engine, self.view, self.position, self.members, self.halving)
         self.tracker = run_tracker(cfg, dist.is_main, self.checkpoints.run_id)
         self.checkpoints.track_as(self.tracker.run_id)
         if dist.is_main:
@@ -115,7 +122,12 @@ class Trainer:
             for batch in self.timer.batches(self.train_loader.iter_from(pos.videos)):
                 if pos.videos >= self.videos_per_epoch or pos.step >= self.max_steps:
                     break
-                if self.train_step(batch) and self.checkpoint_if_due():
+                if not self.train_step(batch):
+                    continue
+                if self.leave_if_due():  # members left and the step was checkpointed
+                    if self.stopped:
+                        break
+                elif self.checkpoint_if_due():
                     break
             if self.bar is not None:
                 self.bar.close()
@@ -247,7 +259,43 @@ class Trainer:
     def save(self) -> Path:
         """Collective: a checkpoint of the current position."""
         self.guard.check_finite(self.view, "a checkpoint", self.position.step)
-        return self.checkpoints.save(self.engine, self.view, self.position, self.members)
+        return self.checkpoints.save(self.engine, self.view, self.position, self.members, self.halving)
+
+    @property
+    def num_classes(self) -> int:
+        return self.train_loader.num_classes
+
+    def leave_if_due(self) -> bool:
+        """Collective, after a step: at a halving rung the culled members leave the pass, and so does a member
+        that has failed; the pass is rebuilt with the others and checkpointed (at an epoch's end, by the epoch's
+        save). Returns whether members left."""
+        going: dict[int, dict[str, Any]] = {}
+        rung = self.halving.due(self.position.step) if self.halving is not None else None
+        if rung is not None:
+            going |= culling.decide(
+                rung, self.position.step, self.halving, self.task, self.model,
+                self.select_loader or self.val_loader, self.members, self.checkpoints.meta, self.dist.is_main,
+            )  # fmt: skip
+        if self.halving is not None or rebuild.can_shrink(self.engine, self.view):
+            step = self.position.step
+            going |= {k: {"why": "failed", "step": step} for k, m in enumerate(self.members) if m.failed}
+        if not going or len(going) == len(self.members):
+            return False
+        keep = [k for k in range(len(self.members)) if k not in going]
+        specs = [self.members[k].spec for k in keep]
+        self.model, self.engine, self.view, self.optimizer = rebuild.shrink(
+            self.model, self.engine, self.view, keep, self.cfg, [s.cfg for s in specs], self.ds, self.dist,
+            self.steps_per_epoch, self.num_classes,
+        )  # fmt: skip
+        self.task = make_task(self.cfg, self.dtype, self.dist.device, self.train_loader, specs)
+        self.members.leave(going, self.model.members)
+        member_cfgs = [s.cfg for s in specs]
+        self.flops_per_step = self.plan.accumulation * micro_batch_flops(self.cfg, self.num_classes, member_cfgs)
+        self.loss_sum = torch.zeros(len(self.members), dtype=torch.float64)
+        self.lr = self.members.lrs(self.optimizer)
+        if self.position.videos < self.videos_per_epoch:  # an epoch's end saves anyway
+            self.save()
+        return True
 
     def stop_here(self) -> dict[str, Any]:
         """End of a stopped run: the checkpoint is written; tracking stays resumable, nothing is exported."""
@@ -271,8 +319,11 @@ class Trainer:
         step = self.position.step
         self.members.record_eval(self.task, results, self.position.epoch, step, self.dist.is_main)
         if self.dist.is_main:
-            self.members.report(self._metric(), step)
+            self.members.report(self._metric(), step, self._halving_summary())
         return results
+
+    def _halving_summary(self) -> dict[str, Any] | None:
+        return None if self.halving is None else self.halving.summary()
 
     def _metric(self) -> str:
         """The metric a sweep report ranks members by: the task's first tracked one (top-1, t2v R@1)."""
@@ -287,7 +338,7 @@ class Trainer:
         if self.dist.is_main:
             headline = {"steps": step, "wall_s": result["wall_s"]}
             headline |= self.members.export(self.task, self.last_eval, self.checkpoints.meta, step)
-            for path in self.members.report(self._metric(), step):
+            for path in self.members.report(self._metric(), step, self._halving_summary()):
                 self.tracker.log_artifact(path)
             self.tracker.log_metrics({"train/wall_s": result["wall_s"]}, step)
             self.tracker.finish()
