@@ -92,18 +92,21 @@ def test_a_sweep_is_built_on_one_tower() -> None:
 
 
 def test_sweep_benchmark_on_the_tiny_tower(tmp_path, monkeypatch, capsys) -> None:
-    """benchmarks/sweep.py end to end (tiny tower, 1 timed step); its FLOP counts add up: K members cost
-    the tower once plus K times a member's side network and head."""
+    """benchmarks/sweep.py --halving --quick end to end (tiny tower, 1 timed step). Its FLOP counts add up: K
+    members cost the tower once plus K times a member's side network and head. Through the trainer (single,
+    static K=4 and K=8, K=8 halving at eta 2 over 16 steps) the halving run's pass holds 8, 4, 2 then 1 members,
+    its rungs fall after 1/8, 1/4 and 1/2 of the run, and the costs, FLOP units and bounds are the sums and
+    ratios they claim."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
     spec = importlib.util.spec_from_file_location("sweep_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "sweep.json"
-    argv = ["--preset", "tiny", "--flops-preset", "tiny", "--members", "1", "2", "--steps", "1", "--device", "cpu"]
-    monkeypatch.setattr(sys, "argv", ["sweep.py", *argv, "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--halving", "--quick", "--members", "1", "2", "--out", str(out)])
     bench.main()
     text = capsys.readouterr().out
     assert "| 2 |" in text and "FLOP ratio at K=8, side checkpointing off:" in text
+    assert "| halving_8 | 1 | 8 |" in text and "goal at tiny, K=16, eta 2" in text
     doc = json.loads(out.read_text())
     assert [r["members"] for r in doc["rows"]] == [1, 2]
     assert all(r["speedup"] == r["separate_s"] / r["sweep_s"] for r in doc["rows"])
@@ -113,3 +116,29 @@ def test_sweep_benchmark_on_the_tiny_tower(tmp_path, monkeypatch, capsys) -> Non
         assert side > 0 and flops[8] - flops[1] == pytest.approx(7 * side, rel=1e-9)
         assert 8 * flops[1] / flops[8] > 1  # the tower is counted once
     assert doc["flops"]["checkpointed"]["8"] > doc["flops"]["plain"]["8"]  # the recomputed side forward
+
+    halving = doc["halving"]
+    t = halving["trainer"]
+    assert {name: [(p["members"], p["steps"]) for p in cut] for name, cut in t["phases"].items()} == {
+        "single": [(1, 4)], "static_4": [(4, 4)], "static_8": [(8, 4)], "halving_8": [(8, 2), (4, 2), (2, 4), (1, 8)],
+    }  # fmt: skip
+    assert [(r["step"], r["ranked"], r["kept"]) for r in t["rungs"]] == [(2, 8, 4), (4, 4, 2), (8, 2, 1)]
+    assert all(p["step_s"] > 0 for cut in t["phases"].values() for p in cut)
+    units = t["units"]
+    assert t["single_total_s"] == pytest.approx(16 * t["phases"]["single"][0]["step_s"])
+    overheads = sum(r["overhead_s"] for r in t["rungs"]) / t["single_total_s"]
+    assert units["halving_8"] == pytest.approx(t["halving_steps_only_units"] + overheads)
+    assert t["halving_vs_separate"] == pytest.approx(8 / units["halving_8"])
+    assert t["halving_vs_static_8"] == pytest.approx(units["static_8"] / units["halving_8"])
+    assert t["static_speedup"] == {str(k): pytest.approx(k / units[f"static_{k}"]) for k in (4, 8)}
+    # FLOP units: each phase's share of the run at its per-step count, over one member's.
+    counts = {int(k): f for k, f in doc["flops"]["checkpointed"].items()}
+    shares = {16: 1 / 16, 8: 1 / 16, 4: 1 / 8, 2: 1 / 4, 1: 1 / 2}
+    k16 = halving["flops_units"]["tiny, side checkpointing on"]
+    assert k16 == {"members": 16, "units": pytest.approx(sum(s * counts[k] for k, s in shares.items()) / counts[1])}
+    assert 1 < k16["units"] < counts[16] / counts[1]  # between one run and the static K=16 sweep
+    assert halving["tower_s"] > 0
+    bounds = {(b["members"], b["figure"]): b for b in halving["bounds"]}
+    figures = [(1, "model alone"), (2, "model alone"), (4, "through the trainer"), (8, "through the trainer")]
+    assert list(bounds) == figures and bounds[figures[0]]["bound"] == pytest.approx(1.0)
+    assert bounds[figures[-1]]["speedup"] == pytest.approx(t["static_speedup"]["8"])
