@@ -283,13 +283,13 @@ class Trainer:
             return False
         keep = [k for k in range(len(self.members)) if k not in going]
         specs = [self.members[k].spec for k in keep]
+        member_cfgs = [s.cfg for s in specs]
         self.model, self.engine, self.view, self.optimizer = rebuild.shrink(
-            self.model, self.engine, self.view, keep, self.cfg, [s.cfg for s in specs], self.ds, self.dist,
+            self.model, self.engine, self.view, keep, self.cfg, member_cfgs, self.ds, self.dist,
             self.steps_per_epoch, self.num_classes,
         )  # fmt: skip
         self.task = make_task(self.cfg, self.dtype, self.dist.device, self.train_loader, specs)
         self.members.leave(going, self.model.members)
-        member_cfgs = [s.cfg for s in specs]
         self.flops_per_step = self.plan.accumulation * micro_batch_flops(self.cfg, self.num_classes, member_cfgs)
         self.loss_sum = torch.zeros(len(self.members), dtype=torch.float64)
         self.lr = self.members.lrs(self.optimizer)
