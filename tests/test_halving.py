@@ -85,12 +85,15 @@ def test_rung_steps_from_epochs() -> None:
 
 
 def test_plan_steps_from_defaults_and_given_rungs() -> None:
-    plan = HalvingPlan(HalvingConfig(eta=2), members=8, steps_per_epoch=10, max_steps=80)
+    plan = HalvingPlan(HalvingConfig(eta=2), members=8, steps_per_epoch=10, max_steps=80, run_flops=1.0)
     assert plan.steps == [10, 20, 40] and plan.metric == "top1" and plan.select == "heldout"
     # The default follows the run as it will go: max_steps shorter than the epochs scales it down...
-    assert HalvingPlan(HalvingConfig(eta=2), members=8, steps_per_epoch=10, max_steps=16).steps == [2, 4, 8]
+    short = HalvingPlan(HalvingConfig(eta=2), members=8, steps_per_epoch=10, max_steps=16, run_flops=1.0)
+    assert short.steps == [2, 4, 8]
     # ...whereas given rungs are epochs, and those past the end are dropped.
-    plan = HalvingPlan(HalvingConfig(eta=3, rungs=[0.5, 1, 3], metric="top5"), 9, steps_per_epoch=10, max_steps=25)
+    plan = HalvingPlan(
+        HalvingConfig(eta=3, rungs=[0.5, 1, 3], metric="top5"), 9, steps_per_epoch=10, max_steps=25, run_flops=1.0
+    )
     assert plan.steps == [5, 10] and plan.metric == "top5"
 
 
@@ -98,7 +101,7 @@ def test_plan_steps_from_defaults_and_given_rungs() -> None:
 
 
 def _plan() -> HalvingPlan:
-    return HalvingPlan(HalvingConfig(eta=2, rungs=[1, 2]), members=4, steps_per_epoch=10, max_steps=40)
+    return HalvingPlan(HalvingConfig(eta=2, rungs=[1, 2]), members=4, steps_per_epoch=10, max_steps=40, run_flops=1.0)
 
 
 def test_plan_decides_each_rung_once_and_culls() -> None:
@@ -142,9 +145,23 @@ def test_a_rung_passed_without_its_decision_is_due_at_the_next_call() -> None:
     assert plan.due(25) == 1
 
 
+def test_the_cost_so_far_is_counted_in_single_run_units_and_resumed() -> None:
+    """A 40-step run of 4 members whose pass costs 5 units of FLOPs against 2 for the base config alone: 10
+    steps at 4 members cost 10 * 5 / (40 * 2) = 0.625 single runs, recorded with the rung taken there."""
+    plan = HalvingPlan(HalvingConfig(eta=2, rungs=[1, 2]), members=4, steps_per_epoch=10, max_steps=40, run_flops=80.0)
+    for _ in range(10):
+        plan.spend(5.0)
+    assert plan.decide(0, 10, live=[0, 1, 2, 3], scores=[1, 2, 3, 4]).cost == pytest.approx(0.625)
+    plan.spend(3.5)
+    resumed = _plan()
+    resumed.load_state_dict(json.loads(json.dumps(plan.state_dict())))
+    assert resumed.cost == pytest.approx(0.625 + 3.5 / 80) and resumed.summary()["cost"] == resumed.cost
+    assert resumed.decisions[0].cost == pytest.approx(0.625)
+
+
 def test_summary_says_a_validation_selection_is_optimistic() -> None:
     assert _plan().summary()["note"] is None
-    plan = HalvingPlan(HalvingConfig(eta=2, select="val"), members=4, steps_per_epoch=10, max_steps=40)
+    plan = HalvingPlan(HalvingConfig(eta=2, select="val"), members=4, steps_per_epoch=10, max_steps=40, run_flops=1.0)
     summary = plan.summary()
     assert summary["note"] == OPTIMISTIC and "optimistic" in OPTIMISTIC
     assert summary["rung_steps"] == [10, 20] and summary["decisions"] == []

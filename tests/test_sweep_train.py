@@ -28,7 +28,11 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _train(synth: Path, out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:
+def _command(
+    synth: Path, out: Path, ranks: int, *extra: str, script: tuple[str, ...] = ("launch/train.py",)
+) -> list[str]:
+    """A run of configs/synth_tiny.yaml on `ranks` processes; `script`: the training script and its first
+    arguments (a probe of tests/ in place of launch/train.py)."""
     launch = [sys.executable] if ranks == 1 else [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_port())]
     ds = (
         list(extra[extra.index("--ds") : extra.index("--ds") + 2])
@@ -36,9 +40,9 @@ def _train(synth: Path, out: Path, ranks: int, *extra: str) -> subprocess.Comple
         else ["--ds", "ds_configs/cpu.json"]
     )
     extra = tuple(e for e in extra if e not in ds)
-    cmd = [
+    return [
         *launch,
-        "launch/train.py",
+        *script,
         *ds,
         "--config",
         "configs/synth_tiny.yaml",
@@ -57,6 +61,13 @@ def _train(synth: Path, out: Path, ranks: int, *extra: str) -> subprocess.Comple
         f"train.out_dir={out}",
         *extra,
     ]
+
+
+def _train(
+    synth: Path, out: Path, ranks: int, *extra: str, script: tuple[str, ...] = ("launch/train.py",)
+) -> subprocess.CompletedProcess:
+    """`_command` run to its end, which must be a success."""
+    cmd = _command(synth, out, ranks, *extra, script=script)
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r

@@ -9,6 +9,7 @@ culled members out of the pass (`s4v.train.rebuild`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -28,9 +29,12 @@ if TYPE_CHECKING:
 
 
 def halving_plan(
-    cfg: Config, members: int, steps_per_epoch: int, max_steps: int, engine: DeepSpeedEngine, view: nn.Module
-) -> HalvingPlan | None:
-    """The run's plan (None without `sweep.halving`); refused where culled members could not leave the pass."""
+    cfg: Config, members: int, steps_per_epoch: int, max_steps: int, step_flops: Callable[[list[Config]], float],
+    engine: DeepSpeedEngine, view: nn.Module,
+) -> HalvingPlan | None:  # fmt: skip
+    """The run's plan (None without `sweep.halving`); refused where culled members could not leave the pass.
+    `step_flops(member_cfgs)`: a step's FLOPs with those members in the pass (the base config alone is the
+    single run the cost is counted in)."""
     if cfg.sweep.halving is None:
         return None
     if not rebuild.can_shrink(engine, view):
@@ -38,7 +42,7 @@ def halving_plan(
             "sweep.halving: culled members leave the pass through per-parameter optimizer state, which this "
             "DeepSpeed layout (bf16 or fp16 without ZeRO) does not expose; use ZeRO stage 1 or 2, or fp32"
         )
-    return HalvingPlan(cfg.sweep.halving, members, steps_per_epoch, max_steps)
+    return HalvingPlan(cfg.sweep.halving, members, steps_per_epoch, max_steps, max_steps * step_flops([cfg]))
 
 
 def select_loader(cfg: Config, plan: HalvingPlan | None, dist: DistInfo, train: VideoLoader) -> VideoLoader | None:

@@ -20,7 +20,7 @@ from s4v.config.schema import HalvingConfig, HalvingMetric
 
 # The task's first tracked metric (RecognitionTask.tracked lists top1 first; halving is recognition only).
 DEFAULT_METRIC: str = get_args(HalvingMetric)[0]
-STATE_VERSION = 1  # meta["halving"]: {"version": 1, "decisions": [Decision.state_dict(), ...]}
+STATE_VERSION = 1  # meta["halving"]: {"version": 1, "decisions": [Decision.state_dict(), ...], "cost": units}
 OPTIMISTIC = (
     "members were selected on the validation split (sweep.halving.select=val): the survivors' validation "
     "figures are optimistic, since that split also chose them"
@@ -92,6 +92,7 @@ class Decision:
     scores: list[float]  # the metric of each member of `live`, in that order
     kept: list[int]
     culled: list[int]
+    cost: float | None = None  # the run's cost up to this step in single-run units (None: not counted)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able: a non-finite score is saved as null (strict JSON has no NaN); it ranked last either way."""
@@ -103,10 +104,15 @@ class Decision:
 
 
 class HalvingPlan:
-    """A run's rungs (`steps`) and the decisions taken so far; `due` says which rung to decide next."""
+    """A run's rungs (`steps`) and the decisions taken so far; `due` says which rung to decide next. It also
+    keeps the run's cost so far in single-run units: `run_flops` is one run of the base config (no member's
+    overrides) alone over the whole schedule, and the trainer tells it each step's FLOPs (`spend`)."""
 
-    def __init__(self, cfg: HalvingConfig, members: int, steps_per_epoch: int, max_steps: int) -> None:
+    def __init__(
+        self, cfg: HalvingConfig, members: int, steps_per_epoch: int, max_steps: int, run_flops: float
+    ) -> None:
         self.eta, self.select = cfg.eta, cfg.select
+        self.run_flops, self.cost = run_flops, 0.0
         self.metric = cfg.metric or DEFAULT_METRIC
         self.steps_per_epoch = steps_per_epoch
         # Default rungs are fractions of the run as it will go (`train.max_steps` included), so a shortened
@@ -146,9 +152,14 @@ class HalvingPlan:
             scores=[float(s) for s in scores],
             kept=kept,
             culled=[k for k in live if k not in kept],
+            cost=self.cost,
         )
         self.decisions.append(decision)
         return decision
+
+    def spend(self, flops: float) -> None:
+        """Count a step of `flops` (this rank's, as `run_flops` is) into the run's cost."""
+        self.cost += flops / self.run_flops
 
     def summary(self) -> dict[str, Any]:
         """For the sweep report: the settings, the rungs and every decision, and the caveat of `select: val`."""
@@ -158,14 +169,17 @@ class HalvingPlan:
             "select": self.select,
             "rung_steps": self.steps,
             "decisions": [d.state_dict() for d in self.decisions],
+            "cost": self.cost,
             "note": OPTIMISTIC if self.select == "val" else None,
         }
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "decisions": [d.state_dict() for d in self.decisions]}
+        return {"version": STATE_VERSION, "decisions": [d.state_dict() for d in self.decisions], "cost": self.cost}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Restore the decisions taken (None: none yet)."""
-        self.decisions = [Decision.from_state_dict(d) for d in (state or {}).get("decisions", [])]
+        """Restore the decisions taken and the cost so far (None: none yet)."""
+        state = state or {}
+        self.decisions = [Decision.from_state_dict(d) for d in state.get("decisions", [])]
+        self.cost = state.get("cost", 0.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,10 +25,19 @@ from s4v.train.tracking import Tracker
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated accelerator memory, or peak resident set size of this process on CPU."""
+    """Peak memory since the previous call, so each step's record holds its own peak (the first one also the
+    job's set-up): allocated accelerator memory, or on CPU this process's resident set. Linux keeps the resident
+    high-water mark and resets it on request; where it cannot, the process's peak so far is returned."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the high-water mark to the current size
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
 
 
 class StepLog:

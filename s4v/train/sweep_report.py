@@ -137,11 +137,12 @@ def markdown(
     keys = swept_keys(members)
     order = "higher is better" if higher_is_better else "lower is better"
     failed = sum(m["failed"] for m in members)
+    culled = sum((m.get("left") or {}).get("why") == "culled" for m in members)
     header = ["member", *keys, "trainable params", f"last {metric}", f"best {metric} (epoch)", "status", "export"]
     lines = [
         f"# Sweep of {len(members)} member(s) on {metric}",
         "",
-        f"{len(members) - failed} ok, {failed} failed; {metric} in percent, {order}.",
+        f"{len(members) - failed - culled} ok, {culled} culled, {failed} failed; {metric} in percent, {order}.",
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",
@@ -260,6 +261,8 @@ def halving_section(members: list[dict[str, Any]], halving: dict[str, Any] | Non
             mark = "" if k not in d["live"] else (" →" if k in d["kept"] else " ✗")
             cells.append(_percent(score) + mark if score != MISSING else MISSING)
         lines.append("| " + " | ".join(_cell(c) for c in [m["name"], *cells, _status(m), _percent(m["last"])]) + " |")
+    costs = [_units(d.get("cost")) for d in decisions]
+    lines.append("| " + " | ".join(["*cost so far, single-run units*", *costs, "", ""]) + " |")
     last = decisions[-1]
     chosen = max(last["kept"], key=lambda k: _finite(dict(zip(last["live"], last["scores"], strict=True))[k]) or 0)
     score = dict(zip(last["live"], last["scores"], strict=True))[chosen]
@@ -268,6 +271,15 @@ def halving_section(members: list[dict[str, Any]], halving: dict[str, Any] | Non
         f"Selected at the last rung: **{members[chosen]['name']}**, {split} {metric} {_percent(score)}; "
         f"its validation {metric}: {_percent(members[chosen]['last'])}. → went on, ✗ culled.",
     ]
+    lines += [
+        "",
+        f"Cost of the run so far: {_units(halving.get('cost'))} single-run units (1 = the base config alone, without "
+        "the members' overrides, over the whole schedule; counted FLOPs).",
+    ]
     if halving.get("note"):
         lines += ["", f"Note: {halving['note']}."]
     return "\n".join(lines) + "\n"
+
+
+def _units(cost: float | None) -> str:
+    return MISSING if cost is None else f"{cost:.3f}"

@@ -82,8 +82,10 @@ class Trainer:
         )
         self.members = MemberSet(RunLayout.of(cfg), specs, getattr(self.model, "members", [self.view]), gone)
         self.members.guard_gradients()
-        self.flops_per_step = self.plan.accumulation * micro_batch_flops(cfg, self.num_classes, member_cfgs)
-        self.halving = halving_plan(cfg, len(specs), self.steps_per_epoch, self.max_steps, self.engine, self.view)
+        self.flops_per_step = self.step_flops(member_cfgs)
+        self.halving = halving_plan(
+            cfg, len(specs), self.steps_per_epoch, self.max_steps, self.step_flops, self.engine, self.view
+        )
         self.select_loader = select_loader(cfg, self.halving, dist, self.train_loader)
         self.peak = peak_flops(dist.device, self.dtype)
         self.timer = StepTimer(dist.device)
@@ -183,6 +185,8 @@ class Trainer:
         if not boundary:
             return False
         self.position.step += 1
+        if self.halving is not None:
+            self.halving.spend(self.flops_per_step)
         self._after_step(mean_losses, grad_bad | self.optimizer.take_bad())
         self._log_step(mean_losses)
         return True
@@ -265,6 +269,10 @@ class Trainer:
     def num_classes(self) -> int:
         return self.train_loader.num_classes
 
+    def step_flops(self, member_cfgs: list[Config]) -> float:
+        """This rank's FLOPs in an optimizer step with these members in the pass (counted on a meta copy)."""
+        return self.plan.accumulation * micro_batch_flops(self.cfg, self.num_classes, member_cfgs)
+
     def leave_if_due(self) -> bool:
         """Collective, after a step: at a halving rung the culled members leave the pass, and so does a member
         that has failed; the pass is rebuilt with the others and checkpointed (at an epoch's end, by the epoch's
@@ -290,7 +298,7 @@ class Trainer:
         )  # fmt: skip
         self.task = make_task(self.cfg, self.dtype, self.dist.device, self.train_loader, specs)
         self.members.leave(going, self.model.members)
-        self.flops_per_step = self.plan.accumulation * micro_batch_flops(self.cfg, self.num_classes, member_cfgs)
+        self.flops_per_step = self.step_flops(member_cfgs)
         self.loss_sum = torch.zeros(len(self.members), dtype=torch.float64)
         self.lr = self.members.lrs(self.optimizer)
         if self.position.videos < self.videos_per_epoch:  # an epoch's end saves anyway
