@@ -10,7 +10,7 @@ import torch
 from s4v.config import load_config
 from s4v.memory.perf import mfu, peak_flops
 from s4v.train.build import build_model
-from s4v.train.metrics import StepTimer, flops_per_micro_batch
+from s4v.train.metrics import StepTimer, flops_per_micro_batch, peak_memory_mb
 
 
 def test_step_timer_splits_data_wait_from_the_step() -> None:
@@ -48,3 +48,15 @@ def test_mfu_is_only_reported_against_a_known_peak() -> None:
     assert peak_flops(torch.device("cpu"), torch.bfloat16) is None
     assert mfu(1e12, 1.0, None) is None
     assert mfu(1e12, 2.0, 1e12) == 0.5
+
+
+def test_peak_memory_is_the_peak_since_the_previous_call() -> None:
+    """Each step's record holds its own peak: 400 MB allocated and freed after one call show in the next call's
+    figure, and no longer in the one after."""
+    device = torch.device("cpu")
+    peak_memory_mb(device)
+    big = torch.ones(100 * 2**20)  # 400 MiB, written so that its pages are resident
+    del big
+    with_big = peak_memory_mb(device)
+    after = peak_memory_mb(device)
+    assert with_big - after > 300, (with_big, after)
