@@ -35,16 +35,17 @@ from s4v.memory.tracker import saved_activation_bytes
 from s4v.models.architectures import PRESETS
 
 # The side shapes of the presets the paper trains at each tower's size (B/16, L/14, E/14-light), at the
-# per-GPU batch of the paper's memory tables.
+# per-GPU batch of the paper's memory tables; `tiny` (batch 2, not a default) is the quickest CPU smoke run.
 SHAPE_PRESETS = ("b16", "l14", "e14-light")
+SMOKE_BATCH = 2
 
 
 def shapes() -> dict[str, tuple[int, int, int, int]]:
     """name -> (side width d, batch, frames, patch tokens N), from the architecture table."""
     out = {}
-    for name in SHAPE_PRESETS:
+    for name in (*SHAPE_PRESETS, "tiny"):
         p = PRESETS[name]
-        out[name] = (p.side_dim, p.tower.paper_batch, p.num_frames, p.tower.num_patches)
+        out[name] = (p.side_dim, p.tower.paper_batch or SMOKE_BATCH, p.num_frames, p.tower.num_patches)
     return out
 
 
@@ -175,7 +176,8 @@ def format_table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", default=",".join(SHAPE_PRESETS), help="comma list of " + ", ".join(SHAPE_PRESETS))
+    names = ", ".join((*SHAPE_PRESETS, "tiny"))
+    parser.add_argument("--shapes", default=",".join(SHAPE_PRESETS), help=f"comma list of {names}")
     parser.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: both on CUDA, fp32 on CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--warmup", type=int, default=None, help="default 5 on CUDA, 0 on CPU")

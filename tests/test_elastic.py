@@ -156,10 +156,11 @@ ZERO = "ds_configs/vite.json"  # bf16, ZeRO-1; ZeRO-2 by override
 
 @pytest.fixture(scope="module")
 def saved(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], Path]:
-    """Runs of 3 steps on 1 and 2 ranks at ZeRO-1 and ZeRO-2, each with a checkpoint at step 2."""
+    """Runs of 3 steps on 2 ranks at ZeRO-1 and ZeRO-2 and on 1 rank at ZeRO-2, each with a checkpoint at step 2
+    (ZeRO-1 and ZeRO-2 partition the optimizer state by the same code, so one stage is grown to 3 ranks)."""
     root = tmp_path_factory.mktemp("elastic")
     runs = {}
-    for ranks, stage in ((2, 1), (2, 2), (1, 1), (1, 2)):
+    for ranks, stage in ((2, 1), (2, 2), (1, 2)):
         runs[ranks, stage] = root / f"w{ranks}-zero{stage}"
         _train(synth, runs[ranks, stage], ranks, ZERO, f"ds.zero_optimization.stage={stage}")
     return runs
@@ -167,8 +168,8 @@ def saved(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[i
 
 @pytest.mark.parametrize(
     "saved_ranks, stage, ranks, load_stage",
-    [(2, 1, 1, 1), (2, 2, 1, 2), (1, 1, 3, 1), (1, 2, 3, 2), (2, 1, 1, 2), (2, 2, 2, 2)],
-    ids=["2to1-zero1", "2to1-zero2", "1to3-zero1", "1to3-zero2", "2to1-zero1to2", "2to2-zero2-deepspeed-files"],
+    [(2, 1, 1, 1), (2, 2, 1, 2), (1, 2, 3, 2), (2, 1, 1, 2), (2, 2, 2, 2)],
+    ids=["2to1-zero1", "2to1-zero2", "1to3-zero2", "2to1-zero1to2", "2to2-zero2-deepspeed-files"],
 )
 def test_optimizer_state_resumes_bitwise_at_any_world_size_and_zero_stage(
     saved: dict, synth: Path, tmp_path: Path, saved_ranks: int, stage: int, ranks: int, load_stage: int

@@ -95,6 +95,11 @@ def test_the_survivor_ends_where_the_static_sweep_member_ends(
         meta = json.loads((halving / "members" / NAMES[k] / "final" / "meta.json").read_text())
         assert left["why"] == "culled" and meta["culled"]["rung"] == left["rung"] and meta["step"] == left["step"]
     assert "Successive halving (eta 2) on heldout top1" in (halving / "sweep.md").read_text()
+    # The report's cost in single-run units, phase by phase (steps 1-2, 3, 4-6): a member of this lr grid costs
+    # what the base config does, 1/6 of its run a step, and K members cost the tower once plus K side networks.
+    cost, (first, second) = _report(halving)["halving"]["cost"], decisions
+    four, two, one = first["cost"] / 2, second["cost"] - first["cost"], (cost - second["cost"]) / 3
+    assert one == pytest.approx(1 / 6) and four - two == pytest.approx(2 * (two - one))
 
 
 def test_a_stop_right_after_a_rung_resumes_with_its_decision_at_any_world_size(

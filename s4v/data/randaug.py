@@ -17,6 +17,7 @@ The PyTorch path (`apply_reference`) stays the reference."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class RandAugmentSpec:
     translate_pct: float = 0.45
 
     @classmethod
+    @functools.cache  # drawn for every clip: parse each spec string once per process
     def parse(cls, spec: str) -> RandAugmentSpec:
         head, *sections = spec.split("-")
         if head != "rand":
