@@ -20,7 +20,8 @@ if __name__ == "__main__":
     trainer = Trainer(load_config(None, run), ds, ds_overrides, resume=checkpoint)
     state = elastic.consolidated(trainer.engine, trainer.view)
     if trainer.dist.is_main:
-        module = {k: v.detach().cpu() for k, v in trainer.view.state_dict().items()}
         position = trainer.position.state_dict()
-        torch.save({"state": state, "module": module, "lr": trainer.engine.get_lr(), "position": position}, out)
+        torch.save(
+            {"state": state, "module": state["module"], "lr": trainer.engine.get_lr(), "position": position}, out
+        )
     shutdown_distributed()

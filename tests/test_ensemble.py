@@ -99,7 +99,7 @@ def _probabilities(finals: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities (K, videos, classes)) of exported members on one tower (one: that member alone)."""
     from s4v.config import load_config
     from s4v.data import build_loader
-    from s4v.train.eval_job import member_probabilities
+    from s4v.train.tasks import RecognitionTask
     from s4v.train.trained import load_members
 
     cfg = load_config(finals[0] / "config.yaml")
@@ -108,7 +108,7 @@ def _probabilities(finals: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads_per_rank)  # as the runs: extra threads on shared cores crawl
     try:
-        return member_probabilities(model, loader, torch.device("cpu"), torch.float32)
+        return RecognitionTask(cfg, torch.float32, torch.device("cpu")).probabilities(model, loader)
     finally:
         torch.set_num_threads(threads)
 

@@ -61,9 +61,10 @@ def _has_state(opt: torch.optim.Optimizer) -> bool:
 def consolidated(engine: DeepSpeedEngine, view: nn.Module, keep: bool = True) -> dict[str, Any]:
     """Collective: every rank calls it in the same order (the accessors all-reduce each tensor).
 
-    Returns fp32 master and moments per parameter name, each param group's step count and lr, the
-    scheduler's state and the engine's counters. With `keep=False` (the ranks that write nothing) each
-    gathered tensor is dropped at once instead of held: the masters and moments are then empty.
+    Returns what `elastic.pt` holds and `load_state` reads: fp32 master and moments per parameter name, each
+    param group's step count and lr, the scheduler's state, the engine's counters and the module's state (the
+    parameters in the compute dtype, BatchNorm statistics). With `keep=False` (the ranks that write nothing)
+    each gathered tensor is dropped at once instead of held: the masters, moments and module are then empty.
     """
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
@@ -97,6 +98,7 @@ def consolidated(engine: DeepSpeedEngine, view: nn.Module, keep: bool = True) ->
         "lrs": [group["lr"] for group in opt.param_groups],
         "scheduler": engine.lr_scheduler.state_dict(),
         "counters": {k: getattr(engine, k) for k in _COUNTERS},
+        "module": {k: v.detach().cpu().clone() for k, v in view.state_dict().items()} if keep else {},
     }
 
 
@@ -113,7 +115,6 @@ def save(engine: DeepSpeedEngine, view: nn.Module, directory: Path) -> None:
     writer = engine.global_rank == 0
     state = consolidated(engine, view, keep=writer)
     if writer:
-        state["module"] = {k: v.detach().cpu().clone() for k, v in view.state_dict().items()}
         tmp = directory / f".{ELASTIC_FILE}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, directory / ELASTIC_FILE)
@@ -126,7 +127,7 @@ def load(engine: DeepSpeedEngine, view: nn.Module, directory: Path) -> None:
 
 
 def members_only(state: dict[str, Any], keep: list[int]) -> dict[str, Any]:
-    """`state` (a sweep's, from `consolidated` with the module) cut down to the members at model indices
+    """`state` (a sweep's, from `consolidated`) cut down to the members at model indices
     `keep`, renumbered 0.. in that order: what a model of those members alone loads. A sweep's parameters
     are named `members.<k>.*` and its optimizer has one parameter group per member, in member order."""
     new = {old: k for k, old in enumerate(keep)}

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from s4v.config import Config, load_config
@@ -18,12 +17,11 @@ from s4v.data import build_loader
 from s4v.data.config import parse_views
 from s4v.data.loader import VideoLoader
 from s4v.train import ensemble as ens
-from s4v.train import evaluate as recognition
 from s4v.train.checkpoint import atomic_write
 from s4v.train.distributed import init_distributed
 from s4v.train.layout import exported_members
 from s4v.train.sweep_report import write_sweep_report
-from s4v.train.tasks import Metrics, Task, make_task
+from s4v.train.tasks import Metrics, RecognitionTask, Task, make_task
 from s4v.train.tracking import Tracker
 from s4v.train.trained import DTYPES, default_dtype, load_members, member_run_id
 
@@ -61,7 +59,7 @@ def evaluate(
     if selection is None:
         results = task.evaluate(model, loader)
     else:
-        results, combined = _with_ensemble(model, loader, dist.device, compute, [e.name for e in exports], selection)
+        results, combined = _with_ensemble(task, model, loader, [e.name for e in exports], selection)
     if not dist.is_main:
         return results
     report_dir = Path(out) if out else root / f"eval_{crops}x{clips}"
@@ -86,33 +84,16 @@ def evaluate(
     return results
 
 
-def member_probabilities(
-    model: torch.nn.Module, loader: VideoLoader, device: torch.device, dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """Collective: (labels, probabilities (K, videos, classes)) of the model's K members on `loader`, gathered
-    over the ranks in dataset order, from one forward pass (views averaged as `recognition.predict` does)."""
-    idx, labels, probs = recognition.predict(lambda v: model(v.to(device)), loader, dtype)
-    labels, probs = recognition.gather_predictions(idx, labels, probs)
-    return labels, probs if probs.ndim == 3 else probs[None]  # one member's model gives (videos, classes)
-
-
 def _with_ensemble(
-    model: torch.nn.Module,
-    loader: VideoLoader,
-    device: torch.device,
-    dtype: torch.dtype,
-    names: list[str],
-    selection: ens.Selection,
+    task: RecognitionTask, model: torch.nn.Module, loader: VideoLoader, names: list[str], selection: ens.Selection
 ) -> tuple[list[Metrics], Metrics]:
     """Collective: each member's metrics (as `RecognitionTask.evaluate` gives them) and those of the selected
     members' mean softmax, from the same pass: the ensemble needs the members' probabilities, which the task's
     evaluation reduces to metrics. Sweeps are recognition only."""
-    labels, probs = member_probabilities(model, loader, device, dtype)
-    classes, views = list(loader.classes), f"{loader.cfg.test_crops}x{loader.cfg.test_clips}"
-    results = [recognition.classification_metrics(labels, p, classes) | {"views": views} for p in probs]
+    labels, probs = task.probabilities(model, loader)
+    results = [task.metrics(labels, p, loader) for p in probs]
     mean = probs[[names.index(p.name) for p in selection.picks]].mean(axis=0)
-    extra = {"views": views, "members": [p.name for p in selection.picks]}
-    return results, recognition.classification_metrics(labels, mean, classes) | extra
+    return results, task.metrics(labels, mean, loader) | {"members": [p.name for p in selection.picks]}
 
 
 def _report_ensemble(

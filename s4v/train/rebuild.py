@@ -48,9 +48,7 @@ def shrink(
     num_classes: int,
 ) -> tuple[SweepClassifier, DeepSpeedEngine, TrainableView, SkippingAdamW]:
     """Collective: the pass of the members at model indices `keep` (their configs: `members`, in that order)."""
-    state = elastic.consolidated(engine, view)  # every rank keeps it: every rank loads it back
-    state["module"] = {k: v.detach().cpu().clone() for k, v in view.state_dict().items()}
-    state = elastic.members_only(state, keep)
+    state = elastic.members_only(elastic.consolidated(engine, view), keep)  # every rank loads it back
     engine.destroy()  # DeepSpeed's hooks and buffers on the old parameters
     devices = [dist.device] if dist.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the new members' init reseeds; the run's streams stay

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,14 +86,22 @@ class RecognitionTask:
         )
 
     def evaluate(self, model: nn.Module, loader: VideoLoader) -> list[Metrics]:
+        labels, probs = self.probabilities(model, loader)
+        return [self.metrics(labels, p, loader) for p in probs]
+
+    def probabilities(self, model: nn.Module, loader: VideoLoader) -> tuple[np.ndarray, np.ndarray]:
+        """Collective: (labels, probabilities (K, videos, classes)) of the model's K members on `loader`, gathered
+        over the ranks in dataset order, from one frozen pass (views averaged)."""
         was_training = model.training
         model.eval()
         idx, labels, probs = recognition.predict(lambda v: model(v.to(self.device)), loader, self.dtype)
         model.train(was_training)
         labels, probs = recognition.gather_predictions(idx, labels, probs)
-        classes = list(loader.classes)
-        per_member = probs if probs.ndim == 3 else probs[None]
-        return [recognition.classification_metrics(labels, p, classes) | {"views": _views(loader)} for p in per_member]
+        return labels, probs if probs.ndim == 3 else probs[None]  # one member's model gives (videos, classes)
+
+    def metrics(self, labels: np.ndarray, probs: np.ndarray, loader: VideoLoader) -> Metrics:
+        """The metrics of one member's probabilities (or of an average of several members')."""
+        return recognition.classification_metrics(labels, probs, list(loader.classes)) | {"views": _views(loader)}
 
     def summary(self, metrics: Metrics) -> str:
         return recognition.summary(metrics)
