@@ -67,7 +67,7 @@ def decide(
     rank 0 prints it and exports the culled members. Returns the culled ones (model indices) with their
     `left` records (MemberState.left)."""
     results = task.evaluate(model, loader)  # gathered over the ranks: every rank ranks the same numbers
-    live = [k for k, m in enumerate(members) if not m.failed]
+    live = members.live
     scores = [task.tracked(results[k])[plan.metric] for k in live]
     decision = plan.decide(rung, step, [members.sweep_index(k) for k in live], scores)
     if is_main:

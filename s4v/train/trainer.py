@@ -286,7 +286,7 @@ class Trainer:
             )  # fmt: skip
         if self.halving is not None or rebuild.can_shrink(self.engine, self.view):
             step = self.position.step
-            going |= {k: {"why": "failed", "step": step} for k, m in enumerate(self.members) if m.failed}
+            going |= {k: {"why": "failed", "step": step} for k in self.members.failed}
         if not going or len(going) == len(self.members):
             return False
         keep = [k for k in range(len(self.members)) if k not in going]
